@@ -1,0 +1,163 @@
+"""Every config field, its default and its meaning, in one place; and the checks on them.
+
+`configs/*.py` start from `default_config()` and override what changes, so a field
+has one definition, and `validate` can say "did you mean" for a misspelt one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+
+import ml_collections
+
+from mnist_jax import download, optim
+from mnist_jax.data import SOURCES
+from mnist_jax.errors import ConfigError
+
+MODELS = ("linear", "mlp")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The notebook's MLP experiment (`configs/mlp.py` is exactly this)."""
+    config = ml_collections.ConfigDict()
+    config.seed = (
+        0  # Drives the train/validation shuffle, initial weights, batches, dropout.
+    )
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "auto"  # auto | embedded | mlcc | idx (see README, "Data").
+    config.data.path = (
+        ""  # Folder with the notebook's CSVs or the IDX files; "" = none.
+    )
+    config.data.url = download.MLCC_BASE_URL  # Where source=mlcc downloads from, once.
+    config.data.num_examples = (
+        10_000  # First rows of the training file used (notebook: 10k).
+    )
+    config.data.num_train = (
+        7_500  # Of those, shuffled, the training rows; the rest validate.
+    )
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "mlp"  # linear | mlp.
+    config.model.hidden_units = (
+        100,
+        100,
+    )  # MLP hidden layer widths (a tuple: see README).
+    config.model.dropout_rate = (
+        0.0  # MLP dropout after each hidden layer, training only.
+    )
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = (
+        0.05  # Adagrad step size (notebook's MLP solution: 0.05).
+    )
+    config.optim.clip_norm = (
+        5.0  # Gradients clipped to this global norm (notebook: 5.0).
+    )
+    config.optim.loss_reduction = "sum"  # sum (TF1 canned estimators) | mean.
+
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = 1_000  # Total optimizer steps.
+    config.train.batch_size = 30  # Examples per step.
+    config.train.num_periods = (
+        10  # Evaluations (log-loss curve points) spread over training.
+    )
+    return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A few-second variant for tests: offline data, few steps, small pool."""
+    config.data.source = "embedded"
+    config.data.num_examples = 1_000
+    config.data.num_train = 750
+    config.train.num_steps = 20
+    config.train.num_periods = 2
+    return config
+
+
+def _leaves(config, prefix=""):
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def unknown_field_message(name: str) -> str | None:
+    """None for a known field name like 'train.num_steps', else what to say about it."""
+    known = dict(_leaves(default_config()))
+    if name in known:
+        return None
+    guess = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {guess[0]!r}?" if guess else ""
+    return f"unknown config field {name!r}{hint}"
+
+
+def check_known_fields(config: ml_collections.ConfigDict) -> None:
+    for name, _ in _leaves(config):
+        problem = unknown_field_message(name)
+        if problem:
+            raise ConfigError(problem)
+
+
+def _positive_int(config, name: str) -> None:
+    value = config[name]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises a one-line `ConfigError` for the first value that cannot work."""
+    check_known_fields(config)
+    flat = dict(_leaves(config))
+    for name in (
+        "data.num_examples",
+        "data.num_train",
+        "train.num_steps",
+        "train.batch_size",
+        "train.num_periods",
+    ):
+        _positive_int(flat, name)
+    for name in ("optim.learning_rate", "optim.clip_norm"):
+        value = flat[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not value > 0
+        ):
+            raise ConfigError(f"{name}={value!r} must be a positive number")
+    if flat["data.source"] not in SOURCES:
+        raise ConfigError(
+            f"data.source={flat['data.source']!r} is not one of {', '.join(SOURCES)}"
+        )
+    if flat["model.name"] not in MODELS:
+        raise ConfigError(
+            f"model.name={flat['model.name']!r} is not one of {', '.join(MODELS)}"
+        )
+    if flat["optim.loss_reduction"] not in optim.LOSS_REDUCTIONS:
+        raise ConfigError(
+            f"optim.loss_reduction={flat['optim.loss_reduction']!r} is not one of "
+            f"{', '.join(optim.LOSS_REDUCTIONS)}"
+        )
+    hidden = flat["model.hidden_units"]
+    if not hidden or any(
+        isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden
+    ):
+        raise ConfigError(
+            f"model.hidden_units={hidden!r} must be a tuple of positive integers"
+        )
+    if not 0.0 <= flat["model.dropout_rate"] < 1.0:
+        raise ConfigError(
+            f"model.dropout_rate={flat['model.dropout_rate']!r} must be in [0, 1)"
+        )
+    if flat["data.num_train"] >= flat["data.num_examples"]:
+        raise ConfigError(
+            f"data.num_train={flat['data.num_train']} must be below data.num_examples="
+            f"{flat['data.num_examples']} (the rest is the validation set)"
+        )
+    if flat["train.num_periods"] > flat["train.num_steps"]:
+        raise ConfigError(
+            f"train.num_periods={flat['train.num_periods']} exceeds train.num_steps="
+            f"{flat['train.num_steps']}"
+        )

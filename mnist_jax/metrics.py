@@ -1,0 +1,38 @@
+"""Classification metrics as pure jnp functions, so they fuse into the evaluation call.
+
+Log loss is computed on the predicted probabilities of the true class (as sklearn's
+`log_loss`). The notebook passed one-hot *predictions* to `log_loss`, which measures
+error rate in disguise, not calibration; we do not repeat that.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NUM_CLASSES = 10
+
+
+def log_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean negative log-probability of the true class."""
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def confusion_matrix(
+    labels: jax.Array, predictions: jax.Array, num_classes: int = NUM_CLASSES
+) -> jax.Array:
+    """Counts: rows are true labels, columns predictions (sklearn's layout)."""
+    true = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
+    pred = jax.nn.one_hot(predictions, num_classes, dtype=jnp.int32)
+    return true.T @ pred
+
+
+def normalize_rows(counts: jax.Array) -> jax.Array:
+    """Each row divided by its total: the share of each true digit predicted as each label."""
+    totals = jnp.sum(counts, axis=1, keepdims=True)
+    return counts / jnp.maximum(totals, 1)

@@ -1,0 +1,141 @@
+"""The pure, compiled hot path: many training steps per call, then one fused evaluation.
+
+Nothing here holds state between calls. Every random choice is derived from the
+member's key and the step number (`fold_in`), never carried, so a run cut into chunks
+anywhere (periods, checkpoints, a resume) takes exactly the same steps, and `jax.vmap`
+over members trains a whole sweep in one program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mnist_jax import metrics, optim
+from mnist_jax.data import Dataset
+
+_SHUFFLE_STREAM, _DROPOUT_STREAM = 2, 3
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar: steps taken so far
+    params: nnx.State
+    opt_state: optax.OptState
+
+
+class Member(NamedTuple):
+    """What distinguishes one run from another of the same shapes (a sweep's vmap axis)."""
+
+    train_idx: jax.Array  # int32 (num_train,): pool rows used for training
+    val_idx: jax.Array  # int32 (num_val,): pool rows used for validation
+    key: jax.Array  # the run's base PRNG key
+    learning_rate: jax.Array
+    clip_norm: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """The static half of a run (architecture, batch size, loss reduction): hashable, so it
+    keys jit's cache; the arrays it works on are always arguments, never constants."""
+
+    graphdef: nnx.GraphDef
+    batch_size: int
+    loss_reduction: str
+
+    def logits(self, params, x, dropout_key=None):
+        return nnx.merge(self.graphdef, params)(x, dropout_key=dropout_key)
+
+    def init_state(self, params) -> TrainState:
+        # Adagrad's state does not depend on the hyper-parameters, so any values do here.
+        opt_state = optim.make_optimizer(1.0, 1.0).init(params)
+        return TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+
+    def train_steps(
+        self, state: TrainState, num_steps: jax.Array, data: Dataset, member: Member
+    ) -> TrainState:
+        """`num_steps` steps as one loop; a traced trip count means one compilation for
+        every chunk length. Each epoch visits the training rows in a permutation drawn
+        from `fold_in(key, epoch)`; the trailing partial batch is dropped."""
+        num_train = member.train_idx.shape[0]
+        steps_per_epoch = num_train // self.batch_size
+        shuffle_key = jax.random.fold_in(member.key, _SHUFFLE_STREAM)
+        dropout_key = jax.random.fold_in(member.key, _DROPOUT_STREAM)
+        tx = optim.make_optimizer(member.learning_rate, member.clip_norm)
+
+        def permutation(epoch):
+            return jax.random.permutation(
+                jax.random.fold_in(shuffle_key, epoch), num_train
+            )
+
+        def loss_fn(params, x, y, key):
+            logits = self.logits(params, x, dropout_key=key)
+            return optim.cross_entropy(logits, y, self.loss_reduction)
+
+        def step_fn(_, carry):
+            state, order, order_epoch = carry
+            epoch = state.step // steps_per_epoch
+            order = jax.lax.cond(
+                epoch == order_epoch, lambda: order, lambda: permutation(epoch)
+            )
+            start = (state.step % steps_per_epoch) * self.batch_size
+            rows = member.train_idx[
+                jax.lax.dynamic_slice_in_dim(order, start, self.batch_size)
+            ]
+            grads = jax.grad(loss_fn)(
+                state.params,
+                data.pool_x[rows],
+                data.pool_y[rows],
+                jax.random.fold_in(dropout_key, state.step),
+            )
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            return TrainState(state.step + 1, params, opt_state), order, epoch
+
+        # No order yet (epoch -1): the first step draws its epoch's permutation, so the
+        # program holds a single copy of the (slow to compile) shuffle.
+        no_order = jnp.zeros(num_train, jnp.int32), jnp.int32(-1)
+        state, _, _ = jax.lax.fori_loop(0, num_steps, step_fn, (state, *no_order))
+        return state
+
+    def evaluate(self, params, x, y) -> dict[str, jax.Array]:
+        logits = self.logits(params, x)
+        return {
+            "log_loss": metrics.log_loss(logits, y),
+            "accuracy": metrics.accuracy(logits, y),
+        }
+
+    def period(
+        self, state: TrainState, num_steps: jax.Array, data: Dataset, member: Member
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """Train `num_steps` steps, then evaluate on the training and validation rows."""
+        state = self.train_steps(state, num_steps, data, member)
+        scores = {}
+        for split, idx in (("train", member.train_idx), ("val", member.val_idx)):
+            for name, value in self.evaluate(
+                state.params, data.pool_x[idx], data.pool_y[idx]
+            ).items():
+                scores[f"{split}/{name}"] = value
+        return state, scores
+
+    def final_evaluation(
+        self, params, data: Dataset, member: Member
+    ) -> dict[str, jax.Array]:
+        """Validation and test scores, the validation confusion matrix (the notebook's)
+        and test-set predictions, in one call."""
+        val_x, val_y = data.pool_x[member.val_idx], data.pool_y[member.val_idx]
+        val_logits = self.logits(params, val_x)
+        test_logits = self.logits(params, data.test_x)
+        val_pred = jnp.argmax(val_logits, axis=-1)
+        return {
+            "val/log_loss": metrics.log_loss(val_logits, val_y),
+            "val/accuracy": jnp.mean(val_pred == val_y),
+            "test/log_loss": metrics.log_loss(test_logits, data.test_y),
+            "test/accuracy": metrics.accuracy(test_logits, data.test_y),
+            "val/confusion": metrics.confusion_matrix(val_y, val_pred),
+            "test/predictions": jnp.argmax(test_logits, axis=-1),
+        }

@@ -1,0 +1,82 @@
+"""Where a run's numbers go: `metrics.jsonl` for scripts, TensorBoard events for eyes.
+
+The interface follows clu's `MetricWriter` (`write_scalars`, `write_hparams`, `flush`,
+`close`) without clu, which imports TensorFlow; tensorboardX writes the events.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep the file parseable by any reader
+    return value
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes JSON atomically: a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(workdir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricWriter:
+    """Appends one JSON object per `write_scalars` call and mirrors it to TensorBoard."""
+
+    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+        # Held open for the run's life: one append per period, closed by close().
+        self._jsonl = open(Path(workdir) / METRICS_FILE, "a")  # noqa: SIM115
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir=str(workdir), flush_secs=30)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        row = {"step": int(step)} | {k: _plain(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
+        if self._tb is not None:
+            for name, value in scalars.items():
+                self._tb.add_scalar(name, float(value), int(step))
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        if self._tb is not None:
+            self._tb.add_text(
+                "hparams", json.dumps(dict(hparams), indent=2, default=str)
+            )
+
+    def flush(self) -> None:
+        self._jsonl.flush()
+        os.fsync(self._jsonl.fileno())
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def __enter__(self) -> MetricWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

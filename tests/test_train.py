@@ -1,0 +1,177 @@
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import linear, mlp
+from mnist_jax import data, train, writers
+from tests.conftest import REPO
+
+RESULT_KEYS = {
+    "val/accuracy",
+    "val/log_loss",
+    "test/accuracy",
+    "test/log_loss",
+    "num_steps",
+    "train_seconds",
+}
+PERIOD_KEYS = {
+    "step",
+    "train/log_loss",
+    "val/log_loss",
+    "train/accuracy",
+    "val/accuracy",
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    return workdir, train.train_and_evaluate(mlp.get_config("smoke"), workdir)
+
+
+def test_smoke_run_writes_every_workdir_file(smoke_run):
+    workdir, results = smoke_run
+    assert set(results) == RESULT_KEYS
+    assert json.loads((workdir / "results.json").read_text()) == results
+    assert 0.0 <= results["test/accuracy"] <= 1.0 and results["num_steps"] == 20
+
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["name"] == "mlp" and config["train"]["num_steps"] == 20
+
+    rows = writers.read_metrics(workdir)
+    assert [r["step"] for r in rows] == [10, 20]
+    assert all(set(r) == PERIOD_KEYS for r in rows)
+    assert rows[-1]["val/accuracy"] == pytest.approx(results["val/accuracy"], abs=1e-6)
+
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert info["data"]["source"] == "embedded"
+    assert len(info["data"]["content_sha256"]) == 64
+    assert (info["data"]["num_train"], info["data"]["num_val"]) == (750, 250)
+    assert info["versions"]["jax"] == jax.__version__
+    assert info["devices"] and info["wall_seconds"] > 0
+
+    assert list(workdir.glob("events.out.tfevents.*"))
+    for figure in (
+        "log_loss.png",
+        "confusion_matrix.png",
+        "examples.png",
+        "first_layer_weights.png",
+    ):
+        assert (workdir / figure).read_bytes()[:4] == b"\x89PNG", figure
+    assert not list(workdir.glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_linear_run_has_no_weight_figure(tmp_path):
+    config = linear.get_config("smoke")
+    config.train.num_steps, config.train.num_periods = 4, 1
+    train.train_and_evaluate(config, tmp_path)
+    assert (tmp_path / "confusion_matrix.png").exists()
+    assert not (tmp_path / "first_layer_weights.png").exists()
+
+
+def test_same_seed_same_numbers(smoke_run, tmp_path):
+    _, first = smoke_run
+    again = train.train_and_evaluate(mlp.get_config("smoke"), tmp_path / "again")
+    for key in RESULT_KEYS - {"train_seconds"}:
+        assert again[key] == first[key], key
+    assert writers.read_metrics(tmp_path / "again") == writers.read_metrics(
+        smoke_run[0]
+    )
+
+    other_seed = mlp.get_config("smoke")
+    other_seed.seed = 1
+    different = train.train_and_evaluate(other_seed, tmp_path / "seed1")
+    assert different["val/log_loss"] != first["val/log_loss"]
+
+
+def test_period_compiles_once_for_every_chunk_length():
+    config = mlp.get_config("smoke")
+    config.model.dropout_rate = 0.2
+    host = data.load(config.data)
+    dataset = data.to_device(host)
+    program, state, member = train.init_run(config, host)
+    period = jax.jit(program.period, donate_argnums=0)
+    for length in (3, 7, 1, 10):
+        state, _ = period(state, jnp.int32(length), dataset, member)
+    assert int(state.step) == 21
+    assert period._cache_size() == 1
+
+
+def test_chunking_does_not_change_training():
+    """Per-step randomness comes from the step number, so any chunking is the same run."""
+    config = mlp.get_config("smoke")
+    config.model.dropout_rate = 0.3
+    host = data.load(config.data)
+    dataset = data.to_device(host)
+    program, state, member = train.init_run(config, host)
+    train_steps = jax.jit(program.train_steps)
+    whole = train_steps(
+        state, jnp.int32(60), dataset, member
+    )  # 60 steps > 1 epoch of 25
+    chunked = state
+    for length in (7, 18, 1, 25, 9):
+        chunked = train_steps(chunked, jnp.int32(length), dataset, member)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_period_ends_cover_the_run():
+    assert train.period_ends(1000, 10) == list(range(100, 1001, 100))
+    assert train.period_ends(25, 4) == [6, 12, 19, 25]
+
+
+def _run_main(*args, tmp_path):
+    return subprocess.run(
+        [sys.executable, "-m", "mnist_jax.main", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.num_steps=0", "train.num_steps=0 must be a positive integer"),
+        (
+            "--config.train.num_step=5",
+            "unknown config field 'train.num_step'; did you mean 'train.num_steps'?",
+        ),
+        (
+            "--config.train.num_steps=abc",
+            "--config.train.num_steps=abc: invalid literal",
+        ),
+        (
+            "--config.data.source=auto --config.data.path=/nonexistent/mnist",
+            "/nonexistent/mnist: data folder not found",
+        ),
+        ("--config=configs/missing.py", "cannot load --config: [Errno 2] No such file"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, override, message):
+    workdir = tmp_path / "w"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_jax.main",
+            "--config=configs/mlp.py:smoke",
+            f"--workdir={workdir}",
+            *override.split(),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists() or not any(workdir.iterdir())

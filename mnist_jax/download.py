@@ -17,6 +17,8 @@ from pathlib import Path
 from mnist_jax import sources
 from mnist_jax.errors import DataError
 
+log = logging.getLogger(__name__)
+
 MLCC_BASE_URL = "https://download.mlcc.google.com/mledu-datasets/"
 _CHUNK_BYTES = 1 << 20
 
@@ -45,7 +47,7 @@ def cached_mlcc_dir() -> Path | None:
         if not (path.is_file() and checksum.is_file()):
             return None
         if sources.sha256_file(path) != checksum.read_text().split()[0]:
-            logging.warning("%s does not match its recorded sha256; ignoring it.", path)
+            log.warning("%s does not match its recorded sha256; ignoring it.", path)
             return None
     return folder
 
@@ -87,11 +89,11 @@ def download_file(
             checksum = sources.sha256_file(tmp)
             os.replace(tmp, dest)
             _checksum_path(dest).write_text(f"{checksum}  {dest.name}\n")
-            logging.info("Downloaded %s (sha256 %s).", dest, checksum)
+            log.info("Downloaded %s (sha256 %s).", dest, checksum)
             return dest
         except (urllib.error.URLError, OSError, DataError) as e:
             last_error = str(getattr(e, "reason", None) or e).splitlines()[0]
-            logging.warning("Download of %s failed (%s).", url, last_error)
+            log.warning("Download of %s failed (%s).", url, last_error)
         finally:
             tmp.unlink(missing_ok=True)
     raise DataError(

@@ -7,10 +7,11 @@ exit code 2; `--debug` or `MNIST_JAX_DEBUG=1` shows the traceback instead.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from mnist_jax.errors import UserError
@@ -36,11 +37,14 @@ def main(argv) -> None:
         config.keys()  # a config file that failed to load raises only when used
     except OSError as e:
         _fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")
+    # Orbax and JAX log every save and backend probe at INFO; keep the run's own lines.
+    for chatty in ("absl", "jax"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     import jax
 
     from mnist_jax import train
 
-    logging.info(
+    logging.getLogger("mnist_jax").info(
         "JAX devices: %s (process %d of %d)",
         jax.devices(),
         jax.process_index(),

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from mnist_jax import metrics
+
 
 def save(fig: Figure, path: str | os.PathLike) -> Path:
     """Saves atomically, so an interrupted run never leaves half a PNG."""
@@ -118,3 +120,40 @@ def plot_weight_grid(
     ax.axis("off")
     ax.set_title(title or f"First hidden layer: {kernel.shape[1]} units, each 28x28")
     return fig
+
+
+def write_run_figures(
+    workdir: Path,
+    history: list[dict],
+    final: dict,
+    test_images,
+    test_labels,
+    first_layer=None,
+) -> None:
+    """The figures every run leaves: log_loss.png, confusion_matrix.png, examples.png
+    and, when the model has a hidden layer, first_layer_weights.png."""
+    steps = [h["step"] for h in history]
+    save(
+        plot_log_loss(
+            steps,
+            [h["train/log_loss"] for h in history],
+            [h["val/log_loss"] for h in history],
+        ),
+        workdir / "log_loss.png",
+    )
+    normalized = np.asarray(metrics.normalize_rows(final["val/confusion"]))
+    save(
+        plot_confusion_matrix(
+            normalized, "Validation confusion matrix (row-normalised)"
+        ),
+        workdir / "confusion_matrix.png",
+    )
+    save(
+        plot_examples(test_images, test_labels, np.asarray(final["test/predictions"])),
+        workdir / "examples.png",
+    )
+    if first_layer is not None:
+        save(
+            plot_weight_grid(np.asarray(first_layer)),
+            workdir / "first_layer_weights.png",
+        )

@@ -109,18 +109,30 @@ class Program:
             "accuracy": metrics.accuracy(logits, y),
         }
 
-    def period(
-        self, state: TrainState, num_steps: jax.Array, data: Dataset, member: Member
+    def chunk(
+        self,
+        state: TrainState,
+        num_steps: jax.Array,
+        evaluate: jax.Array,
+        data: Dataset,
+        member: Member,
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        """Train `num_steps` steps, then evaluate on the training and validation rows."""
+        """Train `num_steps` steps, then, if `evaluate` (a period end; not at a bare
+        checkpoint step), score the training and validation rows. Both flags are traced:
+        one compilation serves every chunk of the run."""
+
+        def scores(params):
+            out = {}
+            for split, idx in (("train", member.train_idx), ("val", member.val_idx)):
+                split_scores = self.evaluate(params, data.pool_x[idx], data.pool_y[idx])
+                out |= {f"{split}/{k}": v for k, v in split_scores.items()}
+            return out
+
+        def skipped(params):
+            return jax.tree.map(jnp.zeros_like, jax.eval_shape(scores, params))
+
         state = self.train_steps(state, num_steps, data, member)
-        scores = {}
-        for split, idx in (("train", member.train_idx), ("val", member.val_idx)):
-            for name, value in self.evaluate(
-                state.params, data.pool_x[idx], data.pool_y[idx]
-            ).items():
-                scores[f"{split}/{name}"] = value
-        return state, scores
+        return state, jax.lax.cond(evaluate, scores, skipped, state.params)
 
     def final_evaluation(
         self, params, data: Dataset, member: Member

@@ -1,31 +1,35 @@
 """One run of the notebook's experiment, from config to a complete workdir.
 
-`train_and_evaluate` is what `main.py` calls and what a notebook calls; the compiled
-work happens in `steps.Program`, one call per period.
+`train_and_evaluate` is what `main.py` calls and what a notebook calls. The compiled
+work happens in `steps.Program`, one call per chunk; chunks end at period ends (where
+the run evaluates) and at checkpoint steps. A workdir with checkpoints is resumed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from mnist_jax import config_schema, data, metrics, models, plots, steps, writers
+from mnist_jax import (
+    checkpoints,
+    config_schema,
+    data,
+    models,
+    plots,
+    schedule,
+    steps,
+    writers,
+)
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError, UserError
 
-CONFIG_FILE, RUN_INFO_FILE, RESULTS_FILE = (
-    "config.json",
-    "run_info.json",
-    "results.json",
-)
+log = logging.getLogger(__name__)
+
 # For programs that run once (initialisation, final evaluation), LLVM's optimisation
 # passes cost more compile time than they save: ~1.4 s less start-up on a CPU.
 RUN_ONCE_COMPILER_OPTIONS = {
@@ -36,17 +40,8 @@ RUN_ONCE_COMPILER_OPTIONS = {
 
 def run_once(fn, *args):
     """Compiles `fn` for `args` with cheap options and calls it."""
-    compiled = (
-        jax.jit(fn).lower(*args).compile(compiler_options=RUN_ONCE_COMPILER_OPTIONS)
-    )
-    return compiled(*args)
-
-
-def period_ends(num_steps: int, num_periods: int) -> list[int]:
-    """Steps after which each period's evaluation happens; the last is `num_steps`."""
-    return sorted(
-        {round(num_steps * (p + 1) / num_periods) for p in range(num_periods)}
-    )
+    lowered = jax.jit(fn).lower(*args)
+    return lowered.compile(compiler_options=RUN_ONCE_COMPILER_OPTIONS)(*args)
 
 
 def init_run(
@@ -56,8 +51,7 @@ def init_run(
 
     Initialisation runs as one compiled call: done eagerly, each of its small ops would
     be compiled on its own, which costs seconds on a model this size."""
-    abstract_model = nnx.eval_shape(lambda: models.make_model(config.model, 0))
-    graphdef, _ = nnx.split(abstract_model)
+    graphdef, _ = nnx.split(checkpoints.abstract_model(config))
     program = steps.Program(
         graphdef, config.train.batch_size, config.optim.loss_reduction
     )
@@ -67,9 +61,8 @@ def init_run(
         train_idx, val_idx = data.split_indices(
             seed, len(host.pool_labels), host.num_train
         )
-        member = steps.Member(
-            train_idx, val_idx, jax.random.key(seed), learning_rate, clip_norm
-        )
+        key = jax.random.key(seed)
+        member = steps.Member(train_idx, val_idx, key, learning_rate, clip_norm)
         return program.init_state(params), member
 
     state, member = run_once(
@@ -81,42 +74,33 @@ def init_run(
     return program, state, member
 
 
-def prepare_workdir(workdir: str | os.PathLike) -> Path:
-    workdir = Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"workdir {workdir} exists and is not a folder")
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"workdir {workdir} cannot be created ({e.strerror})") from None
-    if not os.access(workdir, os.W_OK):
-        raise UserError(f"workdir {workdir} is not writable")
-    return workdir
-
-
-def environment() -> dict:
-    import flax
-    import optax
-
-    return {
-        "versions": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "optax": optax.__version__,
-            "numpy": np.__version__,
-        },
-        "platform": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "process_index": jax.process_index(),
-        "process_count": jax.process_count(),
-        "host": platform.node(),
-        "command": " ".join(sys.argv),
-    }
+def resume(
+    checkpointer: checkpoints.Checkpointer, config, state: steps.TrainState, workdir
+):
+    """The latest checkpoint's state, metrics history and training seconds so far, or the
+    fresh `state` with none; refuses a checkpoint written under another config."""
+    step = checkpointer.latest_step()
+    if step is None:
+        return state, [], 0.0
+    metadata = checkpointer.restore_metadata(step)
+    checkpoints.check_resumable(metadata["config"], config.to_dict(), workdir)
+    if step > config.train.num_steps:
+        raise UserError(
+            f"{workdir} has a checkpoint at step {step}, beyond train.num_steps="
+            f"{config.train.num_steps}; raise num_steps or use a new --workdir"
+        )
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+    params, opt_state, _ = checkpointer.restore(step, abstract)
+    log.info("Resuming from the checkpoint at step %d.", step)
+    state = steps.TrainState(jnp.asarray(step, jnp.int32), params, opt_state)
+    return state, metadata["history"], metadata["train_seconds"]
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
-    """Trains `config` into `workdir` and returns `results.json`'s contents."""
+    """Trains `config` into `workdir` (resuming what is there) and returns
+    `results.json`'s contents."""
     start = time.perf_counter()
     config_schema.validate(config)
     host = data.load(config.data)
@@ -126,32 +110,37 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             "training rows"
         )
     # Only now that config and data are known good does the workdir get touched.
-    workdir = prepare_workdir(workdir)
-    writers.write_json(workdir / CONFIG_FILE, config.to_dict())
+    workdir = workdir_lib.prepare(workdir)
     dataset = data.to_device(host)
     program, state, member = init_run(config, host)
-    run_info = {"data": host.fingerprint(), **environment()}
-    writers.write_json(workdir / RUN_INFO_FILE, run_info)
 
-    period = jax.jit(program.period, donate_argnums=0)
-    compile_start = time.perf_counter()
-    period = period.lower(state, jnp.int32(1), dataset, member).compile()
-    compile_seconds = time.perf_counter() - compile_start
+    with checkpoints.Checkpointer(workdir, config.checkpoint.steps) as checkpointer:
+        state, history, seconds_before = resume(checkpointer, config, state, workdir)
+        writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+        writers.rewrite_metrics(workdir, history)
+        run_info = {"data": host.fingerprint(), **workdir_lib.environment()}
+        writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
 
-    num_steps = config.train.num_steps
-    history = []
-    train_start = time.perf_counter()
-    with writers.MetricWriter(workdir) as writer:
-        writer.write_hparams(config.to_dict())
-        done = 0
-        for end in period_ends(num_steps, config.train.num_periods):
-            state, scores = period(state, jnp.int32(end - done), dataset, member)
-            scores = {k: float(v) for k, v in scores.items()}
-            done = end
-            writer.write_scalars(end, scores)
-            history.append({"step": end, **scores})
-            _log_period(end, num_steps, scores, time.perf_counter() - train_start)
-    train_seconds = time.perf_counter() - train_start
+        compile_start = time.perf_counter()
+        chunk = jax.jit(program.chunk, donate_argnums=0)
+        chunk = chunk.lower(
+            state, jnp.int32(1), jnp.bool_(True), dataset, member
+        ).compile()
+        compile_seconds = time.perf_counter() - compile_start
+
+        train_start = time.perf_counter()
+        state = train_chunks(
+            config,
+            chunk,
+            state,
+            dataset,
+            member,
+            history,
+            checkpointer,
+            workdir,
+            seconds_before,
+        )
+        train_seconds = seconds_before + time.perf_counter() - train_start
 
     final = jax.device_get(
         run_once(program.final_evaluation, state.params, dataset, member)
@@ -161,20 +150,22 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         "val/log_loss": float(final["val/log_loss"]),
         "test/accuracy": float(final["test/accuracy"]),
         "test/log_loss": float(final["test/log_loss"]),
-        "num_steps": num_steps,
+        "num_steps": config.train.num_steps,
         "train_seconds": train_seconds,
     }
-    writers.write_json(workdir / RESULTS_FILE, results)
-    write_figures(
-        workdir, history, final, host, nnx.merge(program.graphdef, state.params)
+    writers.write_json(workdir / workdir_lib.RESULTS_FILE, results)
+    model = nnx.merge(program.graphdef, state.params)
+    first_layer = model.first_layer_kernel if isinstance(model, models.MLP) else None
+    plots.write_run_figures(
+        workdir, history, final, host.test_images, host.test_labels, first_layer
     )
     run_info.update(
         compile_seconds=compile_seconds,
         train_seconds=train_seconds,
         wall_seconds=time.perf_counter() - start,
     )
-    writers.write_json(workdir / RUN_INFO_FILE, run_info)
-    logging.info(
+    writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+    log.info(
         "Validation accuracy %.4f, test accuracy %.4f (log loss %.4f / %.4f). Workdir: %s",
         results["val/accuracy"],
         results["test/accuracy"],
@@ -185,9 +176,62 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     return results
 
 
-def _log_period(step: int, num_steps: int, scores: dict, elapsed: float) -> None:
-    rate = step / max(elapsed, 1e-9)
-    logging.info(
+def train_chunks(
+    config,
+    chunk,
+    state,
+    dataset,
+    member,
+    history,
+    checkpointer,
+    workdir,
+    seconds_before,
+):
+    """Runs the chunks from `state.step` to `num_steps`: a metrics row at each period
+    end, a checkpoint (with the history so far) at each save step."""
+    num_steps = config.train.num_steps
+    evaluate_at = set(schedule.period_ends(num_steps, config.train.num_periods))
+    save_at = set(schedule.save_steps(config))
+    done = first = int(state.step)
+    clock = time.perf_counter()
+    with writers.MetricWriter(workdir) as writer:
+        writer.write_hparams(config.to_dict())
+        for end in sorted(s for s in evaluate_at | save_at if s > done):
+            evaluate = end in evaluate_at
+            state, scores = chunk(
+                state, jnp.int32(end - done), jnp.bool_(evaluate), dataset, member
+            )
+            done = end
+            if evaluate:
+                scores = {k: float(v) for k, v in scores.items()}
+                writer.write_scalars(end, scores)
+                history.append({"step": end, **scores})
+                _log_period(
+                    end,
+                    num_steps,
+                    scores,
+                    (end - first) / (time.perf_counter() - clock),
+                )
+            if end in save_at:
+                writer.flush()
+                checkpointer.save(
+                    end,
+                    state,
+                    {
+                        "step": end,
+                        "history": history,
+                        "config": config.to_dict(),
+                        "config_hash": checkpoints.config_hash(config.to_dict()),
+                        "train_seconds": seconds_before + time.perf_counter() - clock,
+                    },
+                )
+    return state
+
+
+def _log_period(
+    step: int, num_steps: int, scores: dict, steps_per_second: float
+) -> None:
+    log.info(
         "step %d/%d: log loss train %.4f val %.4f, accuracy train %.4f val %.4f, "
         "%.0f steps/s, ETA %.1fs",
         step,
@@ -196,35 +240,6 @@ def _log_period(step: int, num_steps: int, scores: dict, elapsed: float) -> None
         scores["val/log_loss"],
         scores["train/accuracy"],
         scores["val/accuracy"],
-        rate,
-        (num_steps - step) / rate,
+        steps_per_second,
+        (num_steps - step) / max(steps_per_second, 1e-9),
     )
-
-
-def write_figures(workdir: Path, history: list[dict], final: dict, host, model) -> None:
-    plots.save(
-        plots.plot_log_loss(
-            [h["step"] for h in history],
-            [h["train/log_loss"] for h in history],
-            [h["val/log_loss"] for h in history],
-        ),
-        workdir / "log_loss.png",
-    )
-    normalized = np.asarray(metrics.normalize_rows(final["val/confusion"]))
-    plots.save(
-        plots.plot_confusion_matrix(
-            normalized, "Validation confusion matrix (row-normalised)"
-        ),
-        workdir / "confusion_matrix.png",
-    )
-    plots.save(
-        plots.plot_examples(
-            host.test_images, host.test_labels, final["test/predictions"]
-        ),
-        workdir / "examples.png",
-    )
-    if isinstance(model, models.MLP):
-        plots.save(
-            plots.plot_weight_grid(np.asarray(model.first_layer_kernel)),
-            workdir / "first_layer_weights.png",
-        )

@@ -38,6 +38,15 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def rewrite_metrics(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Replaces `metrics.jsonl` with `rows`, atomically. A resumed run starts from its
+    checkpoint's history, so no period appears twice and none is lost."""
+    path = Path(workdir) / METRICS_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
 class MetricWriter:
     """Appends one JSON object per `write_scalars` call and mirrors it to TensorBoard."""
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import linear, mlp
-from mnist_jax import data, train, writers
+from mnist_jax import data, schedule, train, writers
 from tests.conftest import REPO
 
 RESULT_KEYS = {
@@ -95,9 +95,11 @@ def test_period_compiles_once_for_every_chunk_length():
     host = data.load(config.data)
     dataset = data.to_device(host)
     program, state, member = train.init_run(config, host)
-    period = jax.jit(program.period, donate_argnums=0)
+    period = jax.jit(program.chunk, donate_argnums=0)
     for length in (3, 7, 1, 10):
-        state, _ = period(state, jnp.int32(length), dataset, member)
+        state, _ = period(
+            state, jnp.int32(length), jnp.bool_(length > 5), dataset, member
+        )
     assert int(state.step) == 21
     assert period._cache_size() == 1
 
@@ -121,8 +123,8 @@ def test_chunking_does_not_change_training():
 
 
 def test_period_ends_cover_the_run():
-    assert train.period_ends(1000, 10) == list(range(100, 1001, 100))
-    assert train.period_ends(25, 4) == [6, 12, 19, 25]
+    assert schedule.period_ends(1000, 10) == list(range(100, 1001, 100))
+    assert schedule.period_ends(25, 4) == [6, 12, 19, 25]
 
 
 def _run_main(*args, tmp_path):

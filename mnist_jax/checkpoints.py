@@ -1,0 +1,186 @@
+"""Orbax checkpoints under `WORKDIR/checkpoints`: chosen steps kept forever, plus a
+rolling latest one for resumption; and the notebook-friendly way to read them back.
+
+Params, optimizer state and metadata are separate items, so analysis restores the
+params alone. Restores go into abstract targets (shapes only, from `nnx.eval_shape`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from ml_collections import ConfigDict
+from orbax.checkpoint import checkpoint_managers
+
+from mnist_jax import models
+from mnist_jax.errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+ITEMS = ("params", "opt_state", "metadata")
+RESUMABLE_FIELDS = ("train.num_steps",)  # a resumed run may change these, nothing else
+
+
+def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= flat_config(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def config_hash(config: dict) -> str:
+    """Identifies a run's config up to the fields a resume may change."""
+    flat = {k: v for k, v in flat_config(config).items() if k not in RESUMABLE_FIELDS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
+    old, new = flat_config(saved), flat_config(current)
+    differing = [
+        f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
+        for k in sorted(old.keys() | new.keys())
+        if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)
+    ]
+    if differing:
+        raise UserError(
+            f"{workdir} holds a run of another config; differing fields: "
+            f"{', '.join(differing)}. Use a new --workdir, or the same config "
+            "(only train.num_steps may change, to extend a run)"
+        )
+
+
+class Checkpointer:
+    """One Orbax `CheckpointManager`; use as a context manager so pending async saves
+    are waited for on every exit path (Orbax drops a save the process exits during)."""
+
+    def __init__(self, workdir: str | os.PathLike, keep_steps=(), *, read_only=False):
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [
+                checkpoint_managers.LatestN(1),
+                checkpoint_managers.CustomSteps(list(keep_steps)),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            read_only=read_only,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
+        )
+        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=ITEMS
+        )
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state, metadata: dict) -> None:
+        # Host copies first: the device buffers are donated to the next chunk while
+        # Orbax may still be writing in the background.
+        params, opt_state = jax.tree.map(
+            lambda x: np.array(x, copy=True), (state.params, state.opt_state)
+        )
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                metadata=ocp.args.JsonSave(metadata),
+            ),
+        )
+
+    def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
+        """(params, opt_state, metadata) at `step`, shaped like `abstract_state`."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_state.params),
+                opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+                metadata=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored.params, restored.opt_state, restored.metadata
+
+    def restore_params(self, step: int, abstract_params):
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)),
+        )
+        return restored.params
+
+    def restore_metadata(self, step: int) -> dict:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
+        )
+        return restored.metadata
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_config(workdir: str | os.PathLike) -> ConfigDict:
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{workdir}: no {CONFIG_FILE}; is it a mnist_jax workdir?")
+    config = json.loads(path.read_text())
+    config["model"]["hidden_units"] = tuple(config["model"]["hidden_units"])
+    config["checkpoint"]["steps"] = tuple(config["checkpoint"]["steps"])
+    return ConfigDict(config)
+
+
+def available_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps with a complete checkpoint in `workdir` (empty if none)."""
+    if not (Path(workdir) / CHECKPOINT_DIR).is_dir():
+        return []
+    with Checkpointer(workdir, read_only=True) as checkpointer:
+        return checkpointer.all_steps()
+
+
+def check_step(workdir: str | os.PathLike, step: int | None) -> int:
+    """`step`, or the latest when None; a one-line error names the steps that exist."""
+    steps = available_steps(workdir)
+    if not steps:
+        raise UserError(f"{workdir}: no checkpoints (run mnist_jax.main on it first)")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise UserError(
+            f"{workdir}: no checkpoint at step {step}; available: "
+            f"{', '.join(map(str, steps))}"
+        )
+    return step
+
+
+def abstract_model(config):
+    return nnx.eval_shape(lambda: models.make_model(config.model, config.seed))
+
+
+def restore_model(workdir: str | os.PathLike, step: int | None = None) -> nnx.Module:
+    """The Flax model saved at `step` (default: the latest), ready to call on images
+    of shape (N, 784) scaled to [0, 1]; its config is read from the workdir."""
+    step = check_step(workdir, step)
+    graphdef, abstract_params = nnx.split(abstract_model(read_config(workdir)))
+    with Checkpointer(workdir, read_only=True) as checkpointer:
+        params = checkpointer.restore_params(step, abstract_params)
+    return nnx.merge(graphdef, params)

@@ -1,0 +1,56 @@
+"""A run's folder: the files it must hold and the facts about the machine it records."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from mnist_jax.errors import UserError
+
+CONFIG_FILE = "config.json"
+RUN_INFO_FILE = "run_info.json"
+RESULTS_FILE = "results.json"
+
+
+def prepare(workdir: str | os.PathLike) -> Path:
+    """Creates `workdir` if needed; a one-line error if it cannot hold a run."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"workdir {workdir} exists and is not a folder")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"workdir {workdir} cannot be created ({e.strerror})") from None
+    if not os.access(workdir, os.W_OK):
+        raise UserError(f"workdir {workdir} is not writable")
+    return workdir
+
+
+def environment() -> dict:
+    """Versions, devices and command, for `run_info.json`."""
+    import flax
+    import optax
+    import orbax.checkpoint
+
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "orbax-checkpoint": getattr(orbax.checkpoint, "__version__", None),
+            "numpy": np.__version__,
+        },
+        "platform": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "host": platform.node(),
+        "command": " ".join(sys.argv),
+    }

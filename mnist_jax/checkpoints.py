@@ -65,6 +65,8 @@ class Checkpointer:
     are waited for on every exit path (Orbax drops a save the process exits during)."""
 
     def __init__(self, workdir: str | os.PathLike, keep_steps=(), *, read_only=False):
+        """`read_only` opens existing checkpoints for reading: nothing is created or
+        cleaned up (and no Orbax read-only warnings)."""
         policy = checkpoint_managers.AnyPreservationPolicy(
             [
                 checkpoint_managers.LatestN(1),
@@ -72,8 +74,7 @@ class Checkpointer:
             ]
         )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy,
-            read_only=read_only,
+            preservation_policy=None if read_only else policy,
             create=not read_only,
             cleanup_tmp_directories=not read_only,
         )

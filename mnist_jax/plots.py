@@ -35,22 +35,13 @@ def plot_log_loss(
     return fig
 
 
-def plot_confusion_matrix(
-    normalized: np.ndarray, title: str = "Confusion matrix"
-) -> Figure:
+def draw_confusion_matrix(fig: Figure, ax, normalized: np.ndarray, title: str) -> None:
     """`normalized` rows sum to 1: row = true digit, column = predicted digit."""
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
     image = ax.imshow(normalized, cmap="bone_r", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, label="share of the true digit")
+    fig.colorbar(image, ax=ax, label="share of the true digit", fraction=0.046)
     ticks = range(normalized.shape[0])
-    ax.set(
-        xticks=ticks,
-        yticks=ticks,
-        xlabel="predicted label",
-        ylabel="true label",
-        title=title,
-    )
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted label", ylabel="true label")
+    ax.set_title(title)
     for (row, col), value in np.ndenumerate(normalized):
         if value >= 0.005:
             color = "white" if value > 0.5 else "black"
@@ -63,6 +54,78 @@ def plot_confusion_matrix(
                 fontsize=6,
                 color=color,
             )
+
+
+def plot_confusion_matrix(
+    normalized: np.ndarray, title: str = "Confusion matrix"
+) -> Figure:
+    fig = Figure(figsize=(6, 5))
+    draw_confusion_matrix(fig, fig.add_subplot(), normalized, title)
+    return fig
+
+
+def plot_confusion_matrices(named: dict[str, np.ndarray]) -> Figure:
+    """Several row-normalised confusion matrices side by side, e.g. linear vs MLP."""
+    fig = Figure(figsize=(5.5 * len(named), 4.8))
+    for i, (name, normalized) in enumerate(named.items()):
+        draw_confusion_matrix(
+            fig, fig.add_subplot(1, len(named), i + 1), normalized, name
+        )
+    return fig
+
+
+def plot_log_loss_overlay(histories: dict[str, list[dict]]) -> Figure:
+    """Training (dashed) and validation (solid) log loss of several runs on one axis."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for i, (name, history) in enumerate(histories.items()):
+        color = f"C{i}"
+        steps = [h["step"] for h in history]
+        ax.plot(
+            steps,
+            [h["val/log_loss"] for h in history],
+            color=color,
+            marker="o",
+            label=f"{name} validation",
+        )
+        ax.plot(
+            steps,
+            [h["train/log_loss"] for h in history],
+            color=color,
+            ls="--",
+            label=f"{name} training",
+        )
+    ax.set(xlabel="step", ylabel="log loss", title="Log loss per period")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_confused_pairs(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    pairs: list[dict],
+    per_pair: int = 6,
+) -> Figure:
+    """A row per confused (true, predicted) pair, showing some of its mistakes."""
+    rows = max(len(pairs), 1)
+    fig = Figure(figsize=(1.3 * per_pair + 1.5, 1.4 * rows))
+    for r, pair in enumerate(pairs):
+        wrong = np.flatnonzero(
+            (labels == pair["true"]) & (predictions == pair["predicted"])
+        )
+        for c in range(per_pair):
+            ax = fig.add_subplot(rows, per_pair, r * per_pair + c + 1)
+            ax.axis("off")
+            if c < len(wrong):
+                ax.imshow(np.asarray(images[wrong[c]]).reshape(28, 28), cmap="gray_r")
+            if c == 0:
+                ax.set_title(
+                    f"true {pair['true']} -> {pair['predicted']} ({pair['count']}x)",
+                    fontsize=8,
+                    loc="left",
+                )
     return fig
 
 
@@ -87,21 +150,23 @@ def plot_examples(
     return fig
 
 
-def weight_mosaic(kernel: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
-    """Tiles a (784, units) kernel's columns as 28x28 images, each scaled by its own
-    largest |weight| to [-1, 1] so every unit uses the full symmetric colour range;
-    gaps are NaN (drawn blank)."""
-    kernel = np.asarray(kernel, np.float64)
-    units = kernel.shape[1]
-    rows = math.ceil(units / cols)
-    scale = np.abs(kernel).max(axis=0)
-    tiles = (kernel / np.where(scale > 0, scale, 1.0)).T.reshape(units, 28, 28)
+def weight_mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
+    """Lays out (n, 28, 28) tiles row by row, `cols` a row; gaps are NaN (blank)."""
+    rows = math.ceil(len(tiles) / cols)
     size = 28 + gap
     mosaic = np.full((rows * size - gap, cols * size - gap), np.nan)
-    for unit, tile in enumerate(tiles):
-        r, c = divmod(unit, cols)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
         mosaic[r * size : r * size + 28, c * size : c * size + 28] = tile
     return mosaic
+
+
+def unit_images(kernel: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """(784, units) -> (units, 28, 28), each unit divided by its largest |weight| (or by
+    `scale`) so that it fills the symmetric colour range [-1, 1]."""
+    kernel = np.asarray(kernel, np.float64)
+    scale = np.abs(kernel).max(axis=0) if scale is None else scale
+    return (kernel / np.where(scale > 0, scale, 1.0)).T.reshape(-1, 28, 28)
 
 
 def plot_weight_grid(
@@ -111,7 +176,7 @@ def plot_weight_grid(
     drawn as one mosaic: one image call, however many units."""
     kernel = np.asarray(kernel)[:, :num_units]
     cols = math.ceil(math.sqrt(kernel.shape[1]))
-    mosaic = weight_mosaic(kernel, cols)
+    mosaic = weight_mosaic(unit_images(kernel), cols)
     fig = Figure(
         figsize=(0.08 * mosaic.shape[1] / 2.9 + 1, 0.08 * mosaic.shape[0] / 2.9 + 0.6)
     )
@@ -119,6 +184,34 @@ def plot_weight_grid(
     ax.imshow(mosaic, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
     ax.axis("off")
     ax.set_title(title or f"First hidden layer: {kernel.shape[1]} units, each 28x28")
+    return fig
+
+
+def plot_weight_evolution(
+    kernels: list[np.ndarray], steps: list[int], num_units: int
+) -> Figure:
+    """Rows = first-layer units, columns = checkpoints; each unit keeps one symmetric
+    colour scale across its row, so growth and change in its weights read directly."""
+    kernels = [np.asarray(k)[:, :num_units] for k in kernels]
+    scale = np.max([np.abs(k).max(axis=0) for k in kernels], axis=0)
+    per_step = [unit_images(k, scale) for k in kernels]
+    tiles = np.stack(per_step, axis=1).reshape(-1, 28, 28)  # unit-major, step-minor
+    mosaic = weight_mosaic(tiles, cols=len(steps))
+    fig = Figure(figsize=(1.0 * len(steps) + 0.6, 1.0 * kernels[0].shape[1] + 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks(
+        [14 + 29 * i for i in range(len(steps))], [f"step {s}" for s in steps]
+    )
+    ax.set_yticks(
+        [14 + 29 * i for i in range(kernels[0].shape[1])],
+        [f"unit {u}" for u in range(kernels[0].shape[1])],
+        fontsize=7,
+    )
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
     return fig
 
 

@@ -1,0 +1,188 @@
+"""Questions asked of a finished run's checkpoints: how good was the model at step N,
+and what did its first layer look like, in numbers.
+
+`RunView` rebuilds a run from its workdir (config, data, split) so that checkpoints can
+be scored on exactly the validation and test rows the run used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mnist_jax import checkpoints, data, metrics, models, steps, train
+from mnist_jax.errors import UserError
+
+DEAD_UNIT_NOTE = "never active (ReLU output 0) on any validation image"
+IGNORED_UNIT_FRACTION = 0.1  # outgoing weight norm below this share of the median
+NOISE_SMOOTHNESS = 0.1  # below this neighbour correlation a weight image is still noise
+
+
+@dataclasses.dataclass
+class RunView:
+    workdir: Path
+    config: object
+    host: data.HostData
+    dataset: data.Dataset
+    program: steps.Program
+    member: steps.Member
+    initial_params: nnx.State
+    steps: list[int]
+
+    def params_at(self, step: int) -> nnx.State:
+        if step not in self.steps:
+            checkpoints.check_step(self.workdir, step)  # raises, naming what exists
+        _, abstract = nnx.split(checkpoints.abstract_model(self.config))
+        with checkpoints.Checkpointer(self.workdir, read_only=True) as checkpointer:
+            return checkpointer.restore_params(step, abstract)
+
+    def split(self, name: str) -> tuple[jax.Array, jax.Array]:
+        """(images, labels) of 'val' or 'test', as the run saw them."""
+        if name == "val":
+            idx = self.member.val_idx
+            return self.dataset.pool_x[idx], self.dataset.pool_y[idx]
+        if name == "test":
+            return self.dataset.test_x, self.dataset.test_y
+        raise UserError(f"split {name!r} is not one of val, test")
+
+    def predict(self, params, split: str) -> dict[str, np.ndarray]:
+        x, y = self.split(split)
+        logits = jax.jit(self.program.logits)(params, x)
+        return {
+            "logits": np.asarray(logits),
+            "labels": np.asarray(y),
+            "predictions": np.asarray(jnp.argmax(logits, axis=-1)),
+            "accuracy": float(metrics.accuracy(logits, y)),
+            "log_loss": float(metrics.log_loss(logits, y)),
+        }
+
+    def model(self, params) -> nnx.Module:
+        return nnx.merge(self.program.graphdef, params)
+
+
+def load_run(workdir: str | os.PathLike) -> RunView:
+    """Everything needed to score a workdir's checkpoints; one line if it has none."""
+    workdir = Path(workdir)
+    config = checkpoints.read_config(workdir)
+    saved = checkpoints.available_steps(workdir)
+    checkpoints.check_step(workdir, None)
+    host = data.load(config.data)
+    program, state, member = train.init_run(config, host)
+    dataset = data.to_device(host)
+    return RunView(workdir, config, host, dataset, program, member, state.params, saved)
+
+
+def first_layer_kernel(model) -> np.ndarray:
+    """(784, units): the MLP's first hidden layer, or the linear model's class weights."""
+    if isinstance(model, models.MLP):
+        return np.asarray(model.first_layer_kernel)
+    return np.asarray(model.dense.kernel[...])
+
+
+def smoothness(kernel: np.ndarray) -> np.ndarray:
+    """Per unit, the correlation of each weight with its right and lower neighbours in
+    the 28x28 image: ~0 for pixel noise, towards 1 for smooth stroke-like templates."""
+    images = kernel.T.reshape(-1, 28, 28)
+    pairs = [
+        (images[:, :, :-1], images[:, :, 1:]),
+        (images[:, :-1, :], images[:, 1:, :]),
+    ]
+    a = np.concatenate([p[0].reshape(len(images), -1) for p in pairs], axis=1)
+    b = np.concatenate([p[1].reshape(len(images), -1) for p in pairs], axis=1)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    denom = np.sqrt((a**2).sum(1) * (b**2).sum(1))
+    return np.where(denom > 0, (a * b).sum(1) / np.where(denom > 0, denom, 1), 0.0)
+
+
+def hidden_activity(model, x) -> np.ndarray:
+    """(N, units) first-hidden-layer ReLU outputs."""
+    return np.asarray(jax.nn.relu(model.hidden[0](x)))
+
+
+def unit_table(run: RunView, params_by_step: dict[int, nnx.State]) -> list[dict]:
+    """One row per checkpoint: scores, how far the first layer moved, and how many of
+    its units are dead, ignored by the next layer, or still noise."""
+    initial = first_layer_kernel(run.model(run.initial_params))
+    val_x, _ = run.split("val")
+    rows, previous = [], initial
+    for step, params in sorted(params_by_step.items()):
+        model = run.model(params)
+        kernel = first_layer_kernel(model)
+        scores = run.predict(params, "val")
+        row = {
+            "step": step,
+            "val/accuracy": scores["accuracy"],
+            "val/log_loss": scores["log_loss"],
+            "l2_from_init": float(np.linalg.norm(kernel - initial)),
+            "l2_from_previous": float(np.linalg.norm(kernel - previous)),
+            "smoothness_mean": float(smoothness(kernel).mean()),
+            "noise_units": float(np.mean(smoothness(kernel) < NOISE_SMOOTHNESS)),
+            "dead_units": float("nan"),
+            "ignored_units": float("nan"),
+        }
+        if isinstance(model, models.MLP):
+            activity = hidden_activity(model, val_x)
+            row["dead_units"] = float(np.mean(activity.max(axis=0) <= 0.0))
+            next_kernel = np.asarray(
+                (model.hidden[1] if len(model.hidden) > 1 else model.logits).kernel[...]
+            )
+            outgoing = np.linalg.norm(next_kernel, axis=1)
+            row["ignored_units"] = float(
+                np.mean(outgoing < IGNORED_UNIT_FRACTION * np.median(outgoing))
+            )
+        rows.append(row)
+        previous = kernel
+    return rows
+
+
+def confused_pairs(
+    labels: np.ndarray, predictions: np.ndarray, top: int = 5
+) -> list[dict]:
+    """The (true, predicted) digit pairs most often confused, with their counts."""
+    counts = np.array(
+        metrics.confusion_matrix(jnp.asarray(labels), jnp.asarray(predictions))
+    )
+    np.fill_diagonal(counts, 0)
+    order = np.argsort(counts, axis=None)[::-1][:top]
+    pairs = []
+    for flat in order:
+        true, pred = np.unravel_index(flat, counts.shape)
+        if counts[true, pred] == 0:
+            break
+        share = counts[true, pred] / max(int((labels == true).sum()), 1)
+        pairs.append(
+            {
+                "true": int(true),
+                "predicted": int(pred),
+                "count": int(counts[true, pred]),
+                "share_of_true": float(share),
+            }
+        )
+    return pairs
+
+
+def output_dir(workdir: str | os.PathLike, out: str | None) -> Path:
+    """`--out`, else `WORKDIR/analysis`; created."""
+    folder = Path(out) if out else Path(workdir) / "analysis"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def markdown_table(rows: list[dict], digits: int = 4) -> str:
+    columns = list(rows[0])
+
+    def cell(value):
+        if isinstance(value, float):
+            return "n/a" if np.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

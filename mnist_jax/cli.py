@@ -1,0 +1,73 @@
+"""What every command line here shares: absl flags, and user errors as one line.
+
+A `UserError` (bad data, config, workdir or step) ends the program with one line on
+stderr and exit code 2; `--debug` or `MNIST_JAX_DEBUG=1` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+
+from mnist_jax.errors import UserError
+
+flags.DEFINE_bool(
+    "debug", False, "Show tracebacks for errors (also MNIST_JAX_DEBUG=1)."
+)
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or bool(os.environ.get("MNIST_JAX_DEBUG"))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with bad flags, overrides and config files reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(" ".join(str(e).split()))
+    except (
+        AttributeError,
+        KeyError,
+    ) as e:  # ml_collections: override of an unknown field
+        from mnist_jax import config_schema
+
+        for arg in argv:
+            if arg.startswith("--config."):
+                name = arg[len("--config.") :].split("=")[0]
+                problem = config_schema.unknown_field_message(name)
+                if problem:
+                    fail(problem)
+        fail(" ".join(str(e).strip("'\"").split()))
+    except Exception as e:  # e.g. a config file that does not run
+        if debug_requested(argv):
+            raise
+        fail(f"cannot load --config: {type(e).__name__}: {e}")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """`absl.app.run(main)` with one-line user errors and quiet library logs."""
+
+    def guarded(argv):
+        if len(argv) > 1:
+            fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        # Orbax and JAX log every save and backend probe at INFO; keep our own lines.
+        for chatty in ("absl", "jax"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+        try:
+            main(argv)
+        except UserError as e:
+            if debug_requested(sys.argv):
+                raise
+            fail(str(e))
+
+    app.run(guarded, flags_parser=parse_flags)

@@ -1,0 +1,130 @@
+"""The analysis scripts, run as a user runs them, on small real workdirs."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import linear, mlp
+from mnist_jax import analysis, train
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for name, module in (("mlp", mlp), ("linear", linear)):
+        train.train_and_evaluate(module.get_config("smoke"), root / name)
+    return root / "mlp", root / "linear"
+
+
+def _script(name, *args):
+    return subprocess.run(
+        [sys.executable, str(REPO / "experiments" / f"{name}.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_weight_evolution(workdirs):
+    workdir = workdirs[0]
+    result = _script("weight_evolution", f"--workdir={workdir}", "--units=4")
+    assert result.returncode == 0, result.stderr
+    out = workdir / "analysis"
+    table = pd.read_csv(out / "weight_evolution.csv")
+    assert table["step"].tolist() == [5, 10, 20]
+    assert (table["l2_from_init"].diff().dropna() > 0).all()  # the layer keeps moving
+    assert table["l2_from_previous"].iloc[0] == table["l2_from_init"].iloc[0]
+    assert table["val/accuracy"].iloc[-1] > table["val/accuracy"].iloc[0]
+    for column in ("dead_units", "ignored_units", "noise_units"):
+        assert table[column].between(0, 1).all()
+    assert (out / "weight_evolution.md").read_text().startswith("| step |")
+    assert (out / "weight_evolution.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_confusion_matrix_any_step_and_split(workdirs, tmp_path):
+    workdir = workdirs[0]
+    result = _script(
+        "confusion_matrix",
+        f"--workdir={workdir}",
+        "--step=10",
+        "--split=test",
+        f"--out={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    counts = np.loadtxt(
+        tmp_path / "confusion_matrix_step10_test.csv",
+        delimiter=",",
+        skiprows=1,
+        dtype=int,
+    )[:, 1:]
+    assert counts.shape == (10, 10) and counts.sum() == 1000  # the embedded test set
+    assert (tmp_path / "confusion_matrix_step10_test.png").exists()
+    assert (tmp_path / "confused_pairs_step10_test.png").exists()
+    assert (
+        "| true | predicted | count |"
+        in (tmp_path / "confused_pairs_step10_test.md").read_text()
+    )
+
+
+def test_compare_models(workdirs, tmp_path):
+    result = _script(
+        "compare_models",
+        f"--workdirs={workdirs[1]},{workdirs[0]}",
+        "--names=linear,mlp",
+        f"--out={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "comparison.md").read_text()
+    assert "| linear |" in report and "| mlp |" in report
+    for figure in ("comparison_log_loss.png", "comparison_confusion.png"):
+        assert (tmp_path / figure).exists()
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        (
+            "confusion_matrix",
+            ["--step=7"],
+            "no checkpoint at step 7; available: 5, 10, 20",
+        ),
+        (
+            "weight_evolution",
+            ["--steps=5,11"],
+            "no checkpoint at step 11; available: 5, 10, 20",
+        ),
+    ],
+)
+def test_missing_step_is_one_line(workdirs, script, args, message):
+    result = _script(script, f"--workdir={workdirs[0]}", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {workdirs[0]}: {message}"
+
+
+def test_workdir_without_checkpoints_is_one_line(tmp_path, workdirs):
+    (tmp_path / "config.json").write_text((workdirs[0] / "config.json").read_text())
+    result = _script("confusion_matrix", f"--workdir={tmp_path}")
+    assert result.returncode == 2
+    assert "no checkpoints" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_smoothness_separates_noise_from_strokes():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(784, 1))
+    yy, xx = np.mgrid[:28, :28]
+    stroke = np.exp(-((xx - 14) ** 2) / 20.0 - ((yy - 10) ** 2) / 60.0).reshape(784, 1)
+    scores = analysis.smoothness(np.hstack([noise, stroke]))
+    assert abs(scores[0]) < 0.1 and scores[1] > 0.8
+
+
+def test_confused_pairs_counts():
+    labels = np.array([3, 3, 3, 5, 5, 8])
+    predictions = np.array([3, 5, 5, 3, 5, 8])
+    pairs = analysis.confused_pairs(labels, predictions)
+    assert pairs[0] == {"true": 3, "predicted": 5, "count": 2, "share_of_true": 2 / 3}
+    assert pairs[1]["count"] == 1 and len(pairs) == 2

@@ -64,7 +64,7 @@ def main(argv) -> None:
     plots.save(
         plots.plot_confusion_matrices(confusions), out / "comparison_confusion.png"
     )
-    report = "# Model comparison\n\n" + analysis.markdown_table(rows)
+    report = "# Model comparison\n\n" + writers.markdown_table(rows)
     report += "\n![log loss](comparison_log_loss.png)\n\n![confusion](comparison_confusion.png)\n"
     (out / "comparison.md").write_text(report)
     print(report, end="")

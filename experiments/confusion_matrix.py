@@ -10,7 +10,7 @@ Writes `confusion_matrix_step{N}_{split}.png` (row-normalised heatmap), `.csv` (
 import numpy as np
 from absl import flags
 
-from mnist_jax import analysis, checkpoints, cli, metrics, plots
+from mnist_jax import analysis, checkpoints, cli, metrics, plots, writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
@@ -50,7 +50,7 @@ def main(argv) -> None:
         out / f"confused_pairs_{name}.png",
     )
     report = f"# Most confused digit pairs, {_SPLIT.value}, step {step}\n\n"
-    report += analysis.markdown_table(pairs) if pairs else "No mistakes.\n"
+    report += writers.markdown_table(pairs) if pairs else "No mistakes.\n"
     (out / f"confused_pairs_{name}.md").write_text(report)
     print(report, end="")
     print(

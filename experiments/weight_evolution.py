@@ -11,7 +11,7 @@ checkpoint, mean spatial smoothness, share of dead and ignored units) into
 
 from absl import flags
 
-from mnist_jax import analysis, cli, plots
+from mnist_jax import analysis, cli, plots, writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.", required=True)
 _STEPS = flags.DEFINE_list(
@@ -34,13 +34,13 @@ def main(argv) -> None:
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(out / "weight_evolution.csv", index=False)
-    (out / "weight_evolution.md").write_text(analysis.markdown_table(rows))
+    (out / "weight_evolution.md").write_text(writers.markdown_table(rows))
     kernels = [analysis.first_layer_kernel(run.model(params[s])) for s in steps]
     plots.save(
         plots.plot_weight_evolution(kernels, steps, _UNITS.value),
         out / "weight_evolution.png",
     )
-    print(analysis.markdown_table(rows), end="")
+    print(writers.markdown_table(rows), end="")
     print(f"Wrote weight_evolution.png, .csv and .md to {out}")
 
 

@@ -173,16 +173,3 @@ def output_dir(workdir: str | os.PathLike, out: str | None) -> Path:
     folder = Path(out) if out else Path(workdir) / "analysis"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def markdown_table(rows: list[dict], digits: int = 4) -> str:
-    columns = list(rows[0])
-
-    def cell(value):
-        if isinstance(value, float):
-            return "n/a" if np.isnan(value) else f"{value:.{digits}f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"

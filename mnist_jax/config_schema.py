@@ -79,6 +79,11 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def leaves(config, prefix=""):
+    """(dotted name, value) of every field, depth first."""
+    yield from _leaves(config, prefix)
+
+
 def _leaves(config, prefix=""):
     for key, value in config.items():
         if isinstance(value, ml_collections.ConfigDict):
@@ -99,6 +104,8 @@ def unknown_field_message(name: str) -> str | None:
 
 def check_known_fields(config: ml_collections.ConfigDict) -> None:
     for name, _ in _leaves(config):
+        if name.startswith("sweep."):
+            continue  # a sweep's axes; checked by `sweep.axes`
         problem = unknown_field_message(name)
         if problem:
             raise ConfigError(problem)

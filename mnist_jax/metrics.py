@@ -13,10 +13,15 @@ import jax.numpy as jnp
 NUM_CLASSES = 10
 
 
+def example_log_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per example: the negative log-probability of the true class."""
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+
+
 def log_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean negative log-probability of the true class."""
-    log_probs = jax.nn.log_softmax(logits)
-    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+    return jnp.mean(example_log_loss(logits, labels))
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -17,7 +17,7 @@ def save(fig: Figure, path: str | os.PathLike) -> Path:
     """Saves atomically, so an interrupted run never leaves half a PNG."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    fig.savefig(tmp, dpi=100)  # no bbox_inches="tight": it renders everything twice
     os.replace(tmp, path)
     return path
 
@@ -26,6 +26,7 @@ def plot_log_loss(
     steps: Sequence[int], train: Sequence[float], val: Sequence[float]
 ) -> Figure:
     fig = Figure(figsize=(6, 4))
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
     ax = fig.add_subplot()
     ax.plot(steps, train, marker="o", label="training")
     ax.plot(steps, val, marker="o", label="validation")
@@ -60,13 +61,15 @@ def plot_confusion_matrix(
     normalized: np.ndarray, title: str = "Confusion matrix"
 ) -> Figure:
     fig = Figure(figsize=(6, 5))
+    fig.subplots_adjust(left=0.1, right=0.9, bottom=0.1, top=0.93)
     draw_confusion_matrix(fig, fig.add_subplot(), normalized, title)
     return fig
 
 
 def plot_confusion_matrices(named: dict[str, np.ndarray]) -> Figure:
     """Several row-normalised confusion matrices side by side, e.g. linear vs MLP."""
-    fig = Figure(figsize=(5.5 * len(named), 4.8))
+    fig = Figure(figsize=(6 * len(named), 4.8))
+    fig.subplots_adjust(left=0.06, right=0.93, bottom=0.1, top=0.93, wspace=0.35)
     for i, (name, normalized) in enumerate(named.items()):
         draw_confusion_matrix(
             fig, fig.add_subplot(1, len(named), i + 1), normalized, name
@@ -77,6 +80,7 @@ def plot_confusion_matrices(named: dict[str, np.ndarray]) -> Figure:
 def plot_log_loss_overlay(histories: dict[str, list[dict]]) -> Figure:
     """Training (dashed) and validation (solid) log loss of several runs on one axis."""
     fig = Figure(figsize=(7, 4.5))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
     ax = fig.add_subplot()
     for i, (name, history) in enumerate(histories.items()):
         color = f"C{i}"
@@ -132,21 +136,28 @@ def plot_confused_pairs(
 def plot_examples(
     images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, num: int = 16
 ) -> Figure:
-    """A few test digits titled true/predicted; mistakes in red."""
+    """A few test digits captioned true/predicted, mistakes in red; one image call."""
     num = min(num, len(labels))
     cols = min(8, num)
     rows = math.ceil(num / cols)
-    fig = Figure(figsize=(1.4 * cols, 1.6 * rows))
+    tiles = np.asarray(images[:num], np.float64).reshape(num, 28, 28)
+    mosaic = weight_mosaic(tiles, cols, gap=8)
+    fig = Figure(figsize=(1.2 * cols, 1.35 * rows + 0.2))
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.9 - 0.1 / rows))
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
     for i in range(num):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(np.asarray(images[i]).reshape(28, 28), cmap="gray_r")
+        r, c = divmod(i, cols)
         wrong = labels[i] != predictions[i]
-        ax.set_title(
+        ax.text(
+            c * 36 + 14,
+            r * 36 - 2,
             f"true {labels[i]} / pred {predictions[i]}",
+            ha="center",
+            va="bottom",
             fontsize=7,
             color="red" if wrong else "black",
         )
-        ax.axis("off")
     return fig
 
 
@@ -197,8 +208,16 @@ def plot_weight_evolution(
     per_step = [unit_images(k, scale) for k in kernels]
     tiles = np.stack(per_step, axis=1).reshape(-1, 28, 28)  # unit-major, step-minor
     mosaic = weight_mosaic(tiles, cols=len(steps))
-    fig = Figure(figsize=(1.0 * len(steps) + 0.6, 1.0 * kernels[0].shape[1] + 0.6))
-    ax = fig.add_subplot()
+    rows = kernels[0].shape[1]
+    fig = Figure(figsize=(0.9 * len(steps) + 0.9, 0.9 * rows + 0.5))
+    ax = fig.add_axes(
+        (
+            0.8 / (0.9 * len(steps) + 0.9),
+            0.02,
+            0.9 * len(steps) / (0.9 * len(steps) + 0.9),
+            1 - 0.5 / (0.9 * rows + 0.5),
+        )
+    )
     ax.imshow(mosaic, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks(
         [14 + 29 * i for i in range(len(steps))], [f"step {s}" for s in steps]

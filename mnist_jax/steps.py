@@ -102,12 +102,22 @@ class Program:
         state, _, _ = jax.lax.fori_loop(0, num_steps, step_fn, (state, *no_order))
         return state
 
-    def evaluate(self, params, x, y) -> dict[str, jax.Array]:
-        logits = self.logits(params, x)
-        return {
-            "log_loss": metrics.log_loss(logits, y),
-            "accuracy": metrics.accuracy(logits, y),
-        }
+    def pool_scores(
+        self, params, data: Dataset, member: Member
+    ) -> dict[str, jax.Array]:
+        """Training and validation log loss and accuracy from one pass over the pool.
+
+        Scoring the whole pool and then averaging over each split's rows keeps the
+        data unbatched under a sweep's vmap, so the first layer of every member is one
+        large matrix product instead of many small ones."""
+        logits = self.logits(params, data.pool_x)
+        losses = metrics.example_log_loss(logits, data.pool_y)
+        correct = jnp.argmax(logits, axis=-1) == data.pool_y
+        scores = {}
+        for split, idx in (("train", member.train_idx), ("val", member.val_idx)):
+            scores[f"{split}/log_loss"] = jnp.mean(losses[idx])
+            scores[f"{split}/accuracy"] = jnp.mean(correct[idx])
+        return scores
 
     def chunk(
         self,
@@ -122,11 +132,7 @@ class Program:
         one compilation serves every chunk of the run."""
 
         def scores(params):
-            out = {}
-            for split, idx in (("train", member.train_idx), ("val", member.val_idx)):
-                split_scores = self.evaluate(params, data.pool_x[idx], data.pool_y[idx])
-                out |= {f"{split}/{k}": v for k, v in split_scores.items()}
-            return out
+            return self.pool_scores(params, data, member)
 
         def skipped(params):
             return jax.tree.map(jnp.zeros_like, jax.eval_shape(scores, params))
@@ -139,8 +145,8 @@ class Program:
     ) -> dict[str, jax.Array]:
         """Validation and test scores, the validation confusion matrix (the notebook's)
         and test-set predictions, in one call."""
-        val_x, val_y = data.pool_x[member.val_idx], data.pool_y[member.val_idx]
-        val_logits = self.logits(params, val_x)
+        pool_logits = self.logits(params, data.pool_x)
+        val_logits, val_y = pool_logits[member.val_idx], data.pool_y[member.val_idx]
         test_logits = self.logits(params, data.test_x)
         val_pred = jnp.argmax(val_logits, axis=-1)
         return {

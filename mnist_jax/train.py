@@ -44,6 +44,26 @@ def run_once(fn, *args):
     return lowered.compile(compiler_options=RUN_ONCE_COMPILER_OPTIONS)(*args)
 
 
+def make_program(config) -> steps.Program:
+    graphdef, _ = nnx.split(checkpoints.abstract_model(config))
+    return steps.Program(graphdef, config.train.batch_size, config.optim.loss_reduction)
+
+
+def make_init(config, host: data.HostData, program: steps.Program):
+    """`init(seed, learning_rate, clip_norm) -> (TrainState, Member)`: pure, so a sweep
+    can vmap it over its members."""
+
+    def init(seed, learning_rate, clip_norm):
+        _, params = nnx.split(models.make_model(config.model, seed))
+        num_pool = len(host.pool_labels)
+        train_idx, val_idx = data.split_indices(seed, num_pool, host.num_train)
+        key = jax.random.key(seed)
+        member = steps.Member(train_idx, val_idx, key, learning_rate, clip_norm)
+        return program.init_state(params), member
+
+    return init
+
+
 def init_run(
     config, host: data.HostData
 ) -> tuple[steps.Program, steps.TrainState, steps.Member]:
@@ -51,22 +71,9 @@ def init_run(
 
     Initialisation runs as one compiled call: done eagerly, each of its small ops would
     be compiled on its own, which costs seconds on a model this size."""
-    graphdef, _ = nnx.split(checkpoints.abstract_model(config))
-    program = steps.Program(
-        graphdef, config.train.batch_size, config.optim.loss_reduction
-    )
-
-    def init(seed, learning_rate, clip_norm):
-        _, params = nnx.split(models.make_model(config.model, seed))
-        train_idx, val_idx = data.split_indices(
-            seed, len(host.pool_labels), host.num_train
-        )
-        key = jax.random.key(seed)
-        member = steps.Member(train_idx, val_idx, key, learning_rate, clip_norm)
-        return program.init_state(params), member
-
+    program = make_program(config)
     state, member = run_once(
-        init,
+        make_init(config, host, program),
         jnp.int32(config.seed),
         jnp.float32(config.optim.learning_rate),
         jnp.float32(config.optim.clip_norm),

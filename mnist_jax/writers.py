@@ -89,3 +89,17 @@ class MetricWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def markdown_table(rows: list[dict], digits: int = 4) -> str:
+    """A GitHub-flavoured markdown table of `rows` (dicts with the same keys)."""
+    columns = list(rows[0])
+
+    def cell(value):
+        if isinstance(value, float):
+            return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,197 @@
+"""Hyper-parameter sweeps: the whole grid from one command, members trained together.
+
+`python -m mnist_jax.sweep --config=configs/sweep_mlp.py --workdir=W`
+
+A sweep config is an ordinary config plus a `sweep` group naming axes as tuples, e.g.
+`config.sweep.optim.learning_rate = (0.01, 0.03, 0.1)` and `config.sweep.seed = (0, 1)`;
+the grid is their product. Members that differ only in seed, learning rate and clip norm
+share array shapes and run as one compiled program, `jax.vmap` over the same pure
+functions a single run uses; other axes (batch size, width, dropout, steps, loss
+reduction) split the grid into groups that run one after another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from mnist_jax import config_schema, data, schedule, steps, train, writers
+from mnist_jax import workdir as workdir_lib
+from mnist_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Per-member values that are arrays inside the compiled program; any other axis
+# changes shapes or static structure and so starts a new group.
+TRACED_FIELDS = ("seed", "optim.learning_rate", "optim.clip_norm")
+RESULT_KEYS = ("val/accuracy", "val/log_loss", "test/accuracy", "test/log_loss")
+SWEEP_FILES = (
+    "sweep.csv",
+    "sweep.md",
+    "sweep.png",
+    "best_config.py",
+    "best_config.json",
+)
+
+_MEMBER_AXES = steps.Member(0, 0, 0, 0, 0)
+_STATE_AXES = steps.TrainState(None, 0, 0)  # the step count is shared by all members
+
+
+def axes(config: ConfigDict) -> dict[str, tuple]:
+    """The swept fields and their values, in the config's order."""
+    swept = (
+        dict(config_schema.leaves(config.get("sweep", ConfigDict())))
+        if "sweep" in config
+        else {}
+    )
+    known = {name for name, _ in config_schema.leaves(config_schema.default_config())}
+    for name, values in swept.items():
+        if name not in known:
+            raise ConfigError(
+                f"sweep.{name}: {config_schema.unknown_field_message(name)}"
+            )
+        if name.startswith("data."):
+            raise ConfigError(
+                f"sweep.{name}: data fields cannot be swept (one data set per sweep)"
+            )
+        if not isinstance(values, tuple | list) or not values:
+            raise ConfigError(
+                f"sweep.{name}={values!r} must be a non-empty tuple of values"
+            )
+    return {name: tuple(values) for name, values in swept.items()}
+
+
+def expand(config: ConfigDict) -> list[tuple[dict, ConfigDict]]:
+    """(hyper-parameters, validated member config) for every point of the grid."""
+    grid = axes(config)
+    base = ConfigDict({k: v for k, v in config.to_dict().items() if k != "sweep"})
+    members = []
+    for values in itertools.product(*grid.values()):
+        member = ConfigDict(base.to_dict())
+        hparams = dict(zip(grid, values, strict=True))
+        for name, value in hparams.items():
+            *groups, field = name.split(".")
+            target = member
+            for group in groups:
+                target = target[group]
+            target[field] = value
+        config_schema.validate(member)
+        members.append((hparams, member))
+    return members
+
+
+def group_key(member: ConfigDict) -> str:
+    flat = dict(config_schema.leaves(member))
+    return json.dumps(
+        {k: v for k, v in flat.items() if k not in TRACED_FIELDS},
+        sort_keys=True,
+        default=list,
+    )
+
+
+def run_group(
+    configs: list[ConfigDict], host: data.HostData, dataset: data.Dataset
+) -> list[dict]:
+    """Trains same-shaped members together; returns each one's results."""
+    config = configs[0]
+    program = train.make_program(config)
+    init = jax.vmap(
+        train.make_init(config, host, program), out_axes=(_STATE_AXES, _MEMBER_AXES)
+    )
+    state, member = train.run_once(
+        init,
+        jnp.asarray([c.seed for c in configs], jnp.int32),
+        jnp.asarray([c.optim.learning_rate for c in configs], jnp.float32),
+        jnp.asarray([c.optim.clip_norm for c in configs], jnp.float32),
+    )
+    chunk = jax.vmap(
+        program.chunk,
+        in_axes=(_STATE_AXES, None, None, None, _MEMBER_AXES),
+        out_axes=(_STATE_AXES, 0),
+    )
+    chunk = jax.jit(chunk, donate_argnums=0)
+    histories = [[] for _ in configs]
+    done = 0
+    for end in schedule.period_ends(config.train.num_steps, config.train.num_periods):
+        state, scores = chunk(
+            state, jnp.int32(end - done), jnp.bool_(True), dataset, member
+        )
+        done = end
+        scores = jax.device_get(scores)
+        for i, history in enumerate(histories):
+            history.append({"step": end, **{k: float(v[i]) for k, v in scores.items()}})
+    final = jax.vmap(program.final_evaluation, in_axes=(0, None, _MEMBER_AXES))
+    final = jax.device_get(train.run_once(final, state.params, dataset, member))
+    return [
+        {**{k: float(final[k][i]) for k in RESULT_KEYS}, "history": histories[i]}
+        for i in range(len(configs))
+    ]
+
+
+def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
+    """Trains every member of the grid into one workdir's tables and figures."""
+    start = time.perf_counter()
+    members = expand(config)
+    base = members[0][1]
+    host = data.load(base.data)
+    workdir = workdir_lib.prepare(workdir)
+    writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+    dataset = data.to_device(host)
+
+    groups: dict[str, list[int]] = {}
+    for i, (_, member_config) in enumerate(members):
+        groups.setdefault(group_key(member_config), []).append(i)
+    rows: list[dict] = [{} for _ in members]
+    for n, indices in enumerate(groups.values()):
+        group_start = time.perf_counter()
+        results = run_group([members[i][1] for i in indices], host, dataset)
+        for i, result in zip(indices, results, strict=True):
+            rows[i] = {"member": i, **members[i][0], **result}
+        log.info(
+            "Group %d/%d: %d members in %.1fs.",
+            n + 1,
+            len(groups),
+            len(indices),
+            time.perf_counter() - group_start,
+        )
+
+    from mnist_jax import sweep_report
+
+    sweep_report.write(workdir, config, members, rows)
+    run_info = {
+        "data": host.fingerprint(),
+        **workdir_lib.environment(),
+        "num_members": len(members),
+        "num_groups": len(groups),
+        "wall_seconds": time.perf_counter() - start,
+    }
+    writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+    return rows
+
+
+def main(argv) -> None:
+    del argv
+    from absl import flags
+
+    run_sweep(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    from absl import flags
+    from ml_collections import config_flags
+
+    from mnist_jax import cli
+
+    config_flags.DEFINE_config_file(
+        "config", None, "Sweep config file.", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Where the sweep writes its files.")
+    flags.mark_flags_as_required(["config", "workdir"])
+    cli.run(main)

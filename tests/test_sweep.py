@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from ml_collections import ConfigDict
+
+from configs import sweep_linear, sweep_mlp
+from mnist_jax import config_schema, sweep, train
+from mnist_jax.errors import ConfigError
+
+
+def _small_sweep():
+    config = sweep_mlp.get_config("smoke")
+    config.model.dropout_rate = 0.1
+    config.sweep.optim.learning_rate = (0.03, 0.1)
+    config.sweep.train.batch_size = (30,)
+    config.sweep.seed = (0, 1)
+    return config
+
+
+def test_grid_is_the_product_of_the_axes():
+    members = sweep.expand(sweep_mlp.get_config())
+    assert len(members) == 5 * 3 * 3
+    hparams, config = members[7]
+    assert config.optim.learning_rate == hparams["optim.learning_rate"]
+    assert config.train.batch_size == hparams["train.batch_size"]
+    assert config.seed == hparams["seed"]
+    assert "sweep" not in config
+    groups = {sweep.group_key(c) for _, c in members}
+    assert (
+        len(groups) == 3
+    )  # one per batch size; seeds and learning rates share a program
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sweep")
+    return workdir, sweep.run_sweep(_small_sweep(), workdir)
+
+
+def test_members_match_single_runs(smoke_sweep, tmp_path):
+    _, rows = smoke_sweep
+    for row, (_, member) in zip(rows, sweep.expand(_small_sweep()), strict=True):
+        if row["member"] not in (1, 2):
+            continue
+        single = train.train_and_evaluate(member, tmp_path / str(row["member"]))
+        for key in sweep.RESULT_KEYS:
+            assert row[key] == pytest.approx(single[key], rel=1e-4, abs=1e-5), key
+
+
+def test_sweep_outputs(smoke_sweep):
+    workdir, rows = smoke_sweep
+    table = pd.read_csv(workdir / "sweep.csv")
+    assert len(table) == 4
+    assert {
+        "optim.learning_rate",
+        "seed",
+        "train.batch_size",
+        "val/accuracy",
+        "test/log_loss",
+    } <= set(table.columns)
+    assert (workdir / "sweep.md").read_text().startswith("| member |")
+    assert (workdir / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    best = json.loads((workdir / "best_config.json").read_text())
+    means = table.groupby("optim.learning_rate")["val/accuracy"].mean()
+    assert best["optim"]["learning_rate"] == means.idxmax()
+    namespace = {}
+    exec((workdir / "best_config.py").read_text(), namespace)
+    config = namespace["get_config"]()
+    config_schema.validate(config)
+    assert config.optim.learning_rate == means.idxmax()
+    assert config.model.dropout_rate == 0.1 and config.model.hidden_units == (100, 100)
+    assert len(rows[0]["history"]) == 2
+
+
+def test_shipped_sweep_configs_expand():
+    for module in (sweep_mlp, sweep_linear):
+        for arg in (None, "smoke"):
+            assert sweep.expand(module.get_config(arg))
+
+
+@pytest.mark.parametrize(
+    "axis, values, message",
+    [
+        ("optim.learning_rat", (0.1,), "did you mean 'optim.learning_rate'"),
+        ("data.num_train", (100,), "data fields cannot be swept"),
+        ("optim.clip_norm", (), "must be a non-empty tuple"),
+        ("optim.clip_norm", (-1.0,), "optim.clip_norm=-1.0 must be a positive number"),
+    ],
+)
+def test_bad_axes_are_named(axis, values, message):
+    config = sweep_mlp.get_config("smoke")
+    group, field = axis.split(".")
+    with config.unlocked():
+        config.sweep[group] = config.sweep.get(group) or ConfigDict()
+        config.sweep[group][field] = values
+    with pytest.raises(ConfigError, match=message):
+        sweep.expand(config)
+
+
+def test_no_axes_is_one_member():
+    config = config_schema.default_config()
+    assert len(sweep.expand(config)) == 1
+    assert np.isclose(sweep.expand(config)[0][1].optim.learning_rate, 0.05)

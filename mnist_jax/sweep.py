@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from mnist_jax import config_schema, data, schedule, steps, train, writers
+from mnist_jax import compilation, config_schema, data, schedule, steps, train, writers
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError
 
@@ -103,9 +103,10 @@ def run_group(
     config = configs[0]
     program = train.make_program(config)
     init = jax.vmap(
-        train.make_init(config, host, program), out_axes=(_STATE_AXES, _MEMBER_AXES)
+        train.make_init(config, len(host.pool_labels), host.num_train, program),
+        out_axes=(_STATE_AXES, _MEMBER_AXES),
     )
-    state, member = train.run_once(
+    state, member = compilation.run_once(
         init,
         jnp.asarray([c.seed for c in configs], jnp.int32),
         jnp.asarray([c.optim.learning_rate for c in configs], jnp.float32),
@@ -118,17 +119,18 @@ def run_group(
     )
     chunk = jax.jit(chunk, donate_argnums=0)
     histories = [[] for _ in configs]
+    pool = dataset.without_test()  # training programs never see the test set
     done = 0
     for end in schedule.period_ends(config.train.num_steps, config.train.num_periods):
         state, scores = chunk(
-            state, jnp.int32(end - done), jnp.bool_(True), dataset, member
+            state, jnp.int32(end - done), jnp.bool_(True), pool, member
         )
         done = end
         scores = jax.device_get(scores)
         for i, history in enumerate(histories):
             history.append({"step": end, **{k: float(v[i]) for k, v in scores.items()}})
     final = jax.vmap(program.final_evaluation, in_axes=(0, None, _MEMBER_AXES))
-    final = jax.device_get(train.run_once(final, state.params, dataset, member))
+    final = jax.device_get(compilation.run_once(final, state.params, dataset, member))
     return [
         {**{k: float(final[k][i]) for k in RESULT_KEYS}, "history": histories[i]}
         for i in range(len(configs))

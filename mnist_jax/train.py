@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from flax import nnx
 
 from mnist_jax import (
     checkpoints,
+    compilation,
     config_schema,
     data,
     models,
@@ -30,33 +32,19 @@ from mnist_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
-# For programs that run once (initialisation, final evaluation), LLVM's optimisation
-# passes cost more compile time than they save: ~1.4 s less start-up on a CPU.
-RUN_ONCE_COMPILER_OPTIONS = {
-    "xla_backend_optimization_level": 0,
-    "xla_llvm_disable_expensive_passes": True,
-}
-
-
-def run_once(fn, *args):
-    """Compiles `fn` for `args` with cheap options and calls it."""
-    lowered = jax.jit(fn).lower(*args)
-    return lowered.compile(compiler_options=RUN_ONCE_COMPILER_OPTIONS)(*args)
-
 
 def make_program(config) -> steps.Program:
     graphdef, _ = nnx.split(checkpoints.abstract_model(config))
     return steps.Program(graphdef, config.train.batch_size, config.optim.loss_reduction)
 
 
-def make_init(config, host: data.HostData, program: steps.Program):
+def make_init(config, num_pool: int, num_train: int, program: steps.Program):
     """`init(seed, learning_rate, clip_norm) -> (TrainState, Member)`: pure, so a sweep
     can vmap it over its members."""
 
     def init(seed, learning_rate, clip_norm):
         _, params = nnx.split(models.make_model(config.model, seed))
-        num_pool = len(host.pool_labels)
-        train_idx, val_idx = data.split_indices(seed, num_pool, host.num_train)
+        train_idx, val_idx = data.split_indices(seed, num_pool, num_train)
         key = jax.random.key(seed)
         member = steps.Member(train_idx, val_idx, key, learning_rate, clip_norm)
         return program.init_state(params), member
@@ -72,8 +60,8 @@ def init_run(
     Initialisation runs as one compiled call: done eagerly, each of its small ops would
     be compiled on its own, which costs seconds on a model this size."""
     program = make_program(config)
-    state, member = run_once(
-        make_init(config, host, program),
+    state, member = compilation.run_once(
+        make_init(config, len(host.pool_labels), host.num_train, program),
         jnp.int32(config.seed),
         jnp.float32(config.optim.learning_rate),
         jnp.float32(config.optim.clip_norm),
@@ -110,48 +98,74 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     `results.json`'s contents."""
     start = time.perf_counter()
     config_schema.validate(config)
-    host = data.load(config.data)
-    if config.train.batch_size > host.num_train:
+    resolved = data.resolve(config.data)
+    num_pool, num_train = data.split_sizes(
+        resolved[0], config.data.num_examples, config.data.num_train
+    )
+    if config.train.batch_size > num_train:
         raise ConfigError(
-            f"train.batch_size={config.train.batch_size} exceeds the {host.num_train} "
+            f"train.batch_size={config.train.batch_size} exceeds the {num_train} "
             "training rows"
         )
-    # Only now that config and data are known good does the workdir get touched.
-    workdir = workdir_lib.prepare(workdir)
-    dataset = data.to_device(host)
-    program, state, member = init_run(config, host)
-
-    with checkpoints.Checkpointer(workdir, config.checkpoint.steps) as checkpointer:
-        state, history, seconds_before = resume(checkpointer, config, state, workdir)
-        writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
-        writers.rewrite_metrics(workdir, history)
-        run_info = {"data": host.fingerprint(), **workdir_lib.environment()}
-        writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
-
-        compile_start = time.perf_counter()
-        chunk = jax.jit(program.chunk, donate_argnums=0)
-        chunk = chunk.lower(
-            state, jnp.int32(1), jnp.bool_(True), dataset, member
-        ).compile()
-        compile_seconds = time.perf_counter() - compile_start
-
-        train_start = time.perf_counter()
-        state = train_chunks(
-            config,
-            chunk,
-            state,
-            dataset,
-            member,
-            history,
-            checkpointer,
-            workdir,
-            seconds_before,
-        )
-        train_seconds = seconds_before + time.perf_counter() - train_start
-
-    final = jax.device_get(
-        run_once(program.final_evaluation, state.params, dataset, member)
+    program = make_program(config)
+    init = make_init(config, num_pool, num_train, program)
+    init_args = (
+        jnp.int32(config.seed),
+        jnp.float32(config.optim.learning_rate),
+        jnp.float32(config.optim.clip_norm),
     )
+    state_spec, member_spec = jax.eval_shape(init, *init_args)
+    with ThreadPoolExecutor(max_workers=1) as compiler:
+        # The training program compiles (GIL released) while the data loads.
+        chunk_ready = compilation.compile_async(
+            compiler,
+            jax.jit(program.chunk, donate_argnums=0),
+            state_spec,
+            jax.ShapeDtypeStruct((), jnp.int32),
+            jax.ShapeDtypeStruct((), jnp.bool_),
+            data.pool_spec(num_pool),
+            member_spec,
+        )
+        plots.preload()
+        host = data.load(config.data, resolved)
+        # Only now that config and data are known good does the workdir get touched.
+        workdir = workdir_lib.prepare(workdir)
+        dataset = data.to_device(host)
+        state, member = compilation.run_once(init, *init_args)
+        final_ready = compilation.compile_async(
+            compiler,
+            jax.jit(program.final_evaluation),
+            state_spec.params,
+            dataset,
+            member_spec,
+            options=compilation.RUN_ONCE_OPTIONS,
+        )
+
+        with checkpoints.Checkpointer(workdir, config.checkpoint.steps) as checkpointer:
+            state, history, seconds_before = resume(
+                checkpointer, config, state, workdir
+            )
+            writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+            writers.rewrite_metrics(workdir, history)
+            run_info = {"data": host.fingerprint(), **workdir_lib.environment()}
+            writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+            chunk = chunk_ready.result()
+            startup_seconds = time.perf_counter() - start
+
+            train_start = time.perf_counter()
+            state = train_chunks(
+                config,
+                chunk,
+                state,
+                dataset.without_test(),
+                member,
+                history,
+                checkpointer,
+                workdir,
+                seconds_before,
+            )
+            train_seconds = seconds_before + time.perf_counter() - train_start
+        final = jax.device_get(final_ready.result()(state.params, dataset, member))
     results = {
         "val/accuracy": float(final["val/accuracy"]),
         "val/log_loss": float(final["val/log_loss"]),
@@ -167,7 +181,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         workdir, history, final, host.test_images, host.test_labels, first_layer
     )
     run_info.update(
-        compile_seconds=compile_seconds,
+        startup_seconds=startup_seconds,
         train_seconds=train_seconds,
         wall_seconds=time.perf_counter() - start,
     )

@@ -1,0 +1,279 @@
+"""Speed of training and sweeps, measured side by side in one run on the same data.
+
+    python experiments/benchmark.py --data_dir=../shared/data/mnist --out=/tmp/bench
+
+Writes `benchmark.json` and `benchmark.md`. Never part of the tests: timings belong to
+one machine at one moment; compare the ratios, which this run measures together.
+Measures, on the MLP of `configs/mlp.py` (batch 30):
+- single-model training, microseconds per step: the fused path (`steps.Program`, one
+  compiled loop) and a plain loop calling a jitted step from Python each step;
+- sweeps: model-steps per second for 1, 16 and 64 vmapped members, and the achieved
+  model GFLOP/s (6 x batch x params per step) against float32 matmul throughput
+  measured here and now;
+- whole processes: `python -m mnist_jax.main --config=configs/mlp.py` (JAX import
+  included) and 16- and 64-member sweeps (1000 steps, 10 periods), wall time and peak
+  RSS, and the sweeps' wall time as a multiple of the single run's.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+
+from mnist_jax import cli, config_schema, data, optim, steps, train, writers
+
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", "../shared/data/mnist", "Notebook data folder."
+)
+_OUT = flags.DEFINE_string("out", "benchmark_results", "Output folder.")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per measurement.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats; the median is reported.")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def matmul_gflops(repeats: int, n: int = 2048) -> float:
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(matmul(a))
+    seconds = median_seconds(lambda: [matmul(a) for _ in range(10)][-1], repeats) / 10
+    return 2 * n**3 / seconds / 1e9
+
+
+def plain_loop_seconds(
+    config, program, state, dataset, member, num_steps, repeats
+) -> float:
+    """The usual JAX loop: a jitted step per Python iteration, indices from the host."""
+    tx = optim.make_optimizer(config.optim.learning_rate, config.optim.clip_norm)
+
+    @jax.jit
+    def step(params, opt_state, rows):
+        def loss(p):
+            logits = program.logits(p, dataset.pool_x[rows])
+            return optim.cross_entropy(logits, dataset.pool_y[rows], "sum")
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    train_idx = np.asarray(member.train_idx)
+    rng = np.random.default_rng(0)
+    batches = [
+        rng.choice(train_idx, config.train.batch_size, replace=False)
+        for _ in range(num_steps)
+    ]
+    jax.block_until_ready(step(state.params, state.opt_state, batches[0]))
+
+    def run():
+        params, opt_state = state.params, state.opt_state
+        for rows in batches:
+            params, opt_state = step(params, opt_state, rows)
+        return params
+
+    return median_seconds(run, repeats)
+
+
+def stacked(tree, num):
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *x.shape)), tree)
+
+
+def sweep_seconds(
+    program, state, dataset, member, num_members, num_steps, repeats
+) -> float:
+    members = stacked(member, num_members)
+    members = members._replace(
+        key=jax.random.split(jax.random.key(0), num_members),
+        learning_rate=jnp.linspace(0.01, 0.1, num_members),
+    )
+    states = steps.TrainState(
+        state.step,
+        stacked(state.params, num_members),
+        stacked(state.opt_state, num_members),
+    )
+    fn = jax.jit(
+        jax.vmap(
+            program.train_steps,
+            in_axes=(steps.TrainState(None, 0, 0), None, None, 0),
+            out_axes=steps.TrainState(None, 0, 0),
+        )
+    )
+    jax.block_until_ready(fn(states, jnp.int32(1), dataset, members))
+    return median_seconds(
+        lambda: fn(states, jnp.int32(num_steps), dataset, members), repeats
+    )
+
+
+def process(args: list[str]) -> dict:
+    """Wall time and peak RSS of a fresh Python process (JAX import included)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stderr = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    if status:
+        raise RuntimeError(stderr[-2000:])
+    return {"wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def sweep_args(workdir, num_lrs, num_seeds) -> list[str]:
+    lrs = ",".join(f"{x:.4f}" for x in np.geomspace(0.01, 0.3, num_lrs))
+    seeds = ",".join(map(str, range(num_seeds)))
+    return [
+        "-m",
+        "mnist_jax.sweep",
+        "--config=configs/sweep_mlp.py",
+        f"--workdir={workdir}",
+        f"--config.data.path={_DATA_DIR.value}",
+        f"--config.sweep.optim.learning_rate=({lrs},)",
+        "--config.sweep.train.batch_size=(30,)",
+        f"--config.sweep.seed=({seeds},)",
+    ]
+
+
+def main(argv) -> None:
+    out = Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    num_steps, repeats = _STEPS.value, _REPEATS.value
+    config = config_schema.default_config()  # configs/mlp.py
+    config.data.path = _DATA_DIR.value
+    host = data.load(config.data)
+    dataset = data.to_device(host)
+    program, state, member = train.init_run(config, host)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    flops_per_step = 6 * config.train.batch_size * num_params
+
+    fused = jax.jit(program.train_steps)
+    jax.block_until_ready(fused(state, jnp.int32(1), dataset, member))
+    fused_s = median_seconds(
+        lambda: fused(state, jnp.int32(num_steps), dataset, member), repeats
+    )
+    plain_s = plain_loop_seconds(
+        config, program, state, dataset, member, num_steps, repeats
+    )
+    peak = matmul_gflops(repeats)
+    sweeps = {}
+    for m in (1, 16, 64):
+        seconds = sweep_seconds(program, state, dataset, member, m, num_steps, repeats)
+        gflops = flops_per_step * m * num_steps / seconds / 1e9
+        sweeps[m] = {
+            "seconds": seconds,
+            "model_steps_per_second": m * num_steps / seconds,
+            "gflops": gflops,
+            "share_of_matmul_peak": gflops / peak,
+        }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        single = process(
+            [
+                "-m",
+                "mnist_jax.main",
+                "--config=configs/mlp.py",
+                f"--workdir={tmp}/single",
+                f"--config.data.path={_DATA_DIR.value}",
+            ]
+        )
+        sweep16 = process(sweep_args(f"{tmp}/s16", 4, 4))
+        sweep64 = process(sweep_args(f"{tmp}/s64", 16, 4))
+
+    report = {
+        "machine": {
+            "platform": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+            "cpu": platform.processor() or platform.machine(),
+            "jax": jax.__version__,
+        },
+        "model": {
+            "params": num_params,
+            "batch_size": config.train.batch_size,
+            "flops_per_step": flops_per_step,
+            "steps": num_steps,
+        },
+        "single": {
+            "fused_us_per_step": fused_s / num_steps * 1e6,
+            "plain_loop_us_per_step": plain_s / num_steps * 1e6,
+            "plain_over_fused": plain_s / fused_s,
+            "fused_gflops": flops_per_step * num_steps / fused_s / 1e9,
+        },
+        "matmul_gflops": peak,
+        "sweeps": sweeps,
+        "processes": {
+            "mlp_run": single,
+            "sweep_16": sweep16,
+            "sweep_64": sweep64,
+            "sweep_16_over_single": sweep16["wall_seconds"] / single["wall_seconds"],
+            "sweep_64_over_single": sweep64["wall_seconds"] / single["wall_seconds"],
+        },
+    }
+    writers.write_json(out / "benchmark.json", report)
+    rows = [
+        {
+            "measure": "fused training, us/step",
+            "value": report["single"]["fused_us_per_step"],
+        },
+        {
+            "measure": "plain jitted loop, us/step",
+            "value": report["single"]["plain_loop_us_per_step"],
+        },
+        {"measure": "plain / fused", "value": report["single"]["plain_over_fused"]},
+        {"measure": "float32 matmul GFLOP/s (2048x2048)", "value": peak},
+        *(
+            {
+                "measure": f"sweep {m} members: model-steps/s",
+                "value": s["model_steps_per_second"],
+            }
+            for m, s in sweeps.items()
+        ),
+        *(
+            {
+                "measure": f"sweep {m} members: share of matmul peak",
+                "value": s["share_of_matmul_peak"],
+            }
+            for m, s in sweeps.items()
+        ),
+        {"measure": "configs/mlp.py process wall s", "value": single["wall_seconds"]},
+        {"measure": "configs/mlp.py peak RSS MB", "value": single["peak_rss_mb"]},
+        {"measure": "16-member sweep process wall s", "value": sweep16["wall_seconds"]},
+        {"measure": "64-member sweep process wall s", "value": sweep64["wall_seconds"]},
+        {
+            "measure": "16-member sweep / single run",
+            "value": report["processes"]["sweep_16_over_single"],
+        },
+        {
+            "measure": "64-member sweep / single run",
+            "value": report["processes"]["sweep_64_over_single"],
+        },
+    ]
+    table = writers.markdown_table(rows, digits=3)
+    header = f"Machine: {report['machine']['cpu']}, {report['machine']['devices']}, jax {jax.__version__}\n\n"
+    (out / "benchmark.md").write_text(header + table)
+    print(header + table, end="")
+    print(json.dumps(report["processes"], indent=1))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -113,7 +113,7 @@ def sweep_seconds(
         jax.vmap(
             program.train_steps,
             in_axes=(steps.TrainState(None, 0, 0), None, None, 0),
-            out_axes=steps.TrainState(None, 0, 0),
+            out_axes=(steps.TrainState(None, 0, 0), 0),
         )
     )
     jax.block_until_ready(fn(states, jnp.int32(1), dataset, members))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from absl import app, flags
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import Interrupted, UserError
 
 flags.DEFINE_bool(
     "debug", False, "Show tracebacks for errors (also MNIST_JAX_DEBUG=1)."
@@ -79,5 +79,8 @@ def run(main: Callable[[list[str]], None]) -> None:
             if debug_requested(sys.argv):
                 raise
             fail(str(e))
+        except Interrupted as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
 
     app.run(guarded, flags_parser=parse_flags)

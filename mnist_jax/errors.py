@@ -11,3 +11,15 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A config value is unknown, out of range or inconsistent."""
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradients became NaN or infinite; the message says what to change."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped a run after it saved its state; exit code 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -57,10 +57,13 @@ class Program:
 
     def train_steps(
         self, state: TrainState, num_steps: jax.Array, data: Dataset, member: Member
-    ) -> TrainState:
+    ) -> tuple[TrainState, jax.Array]:
         """`num_steps` steps as one loop; a traced trip count means one compilation for
         every chunk length. Each epoch visits the training rows in a permutation drawn
-        from `fold_in(key, epoch)`; the trailing partial batch is dropped."""
+        from `fold_in(key, epoch)`; the trailing partial batch is dropped.
+
+        Also returns the first step (0-based) whose loss or gradient norm was NaN or
+        infinite, or -1: divergence is caught in the chunk where it happens."""
         num_train = member.train_idx.shape[0]
         steps_per_epoch = num_train // self.batch_size
         shuffle_key = jax.random.fold_in(member.key, _SHUFFLE_STREAM)
@@ -77,7 +80,7 @@ class Program:
             return optim.cross_entropy(logits, y, self.loss_reduction)
 
         def step_fn(_, carry):
-            state, order, order_epoch = carry
+            state, order, order_epoch, nonfinite = carry
             epoch = state.step // steps_per_epoch
             order = jax.lax.cond(
                 epoch == order_epoch, lambda: order, lambda: permutation(epoch)
@@ -86,21 +89,25 @@ class Program:
             rows = member.train_idx[
                 jax.lax.dynamic_slice_in_dim(order, start, self.batch_size)
             ]
-            grads = jax.grad(loss_fn)(
+            loss, grads = jax.value_and_grad(loss_fn)(
                 state.params,
                 data.pool_x[rows],
                 data.pool_y[rows],
                 jax.random.fold_in(dropout_key, state.step),
             )
+            finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+            nonfinite = jnp.where((nonfinite < 0) & ~finite, state.step, nonfinite)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            return TrainState(state.step + 1, params, opt_state), order, epoch
+            state = TrainState(state.step + 1, params, opt_state)
+            return state, order, epoch, nonfinite
 
         # No order yet (epoch -1): the first step draws its epoch's permutation, so the
         # program holds a single copy of the (slow to compile) shuffle.
         no_order = jnp.zeros(num_train, jnp.int32), jnp.int32(-1)
-        state, _, _ = jax.lax.fori_loop(0, num_steps, step_fn, (state, *no_order))
-        return state
+        carry = (state, *no_order, jnp.int32(-1))
+        state, _, _, nonfinite = jax.lax.fori_loop(0, num_steps, step_fn, carry)
+        return state, nonfinite
 
     def pool_scores(
         self, params, data: Dataset, member: Member
@@ -126,10 +133,11 @@ class Program:
         evaluate: jax.Array,
         data: Dataset,
         member: Member,
-    ) -> tuple[TrainState, dict[str, jax.Array]]:
+    ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
         """Train `num_steps` steps, then, if `evaluate` (a period end; not at a bare
         checkpoint step), score the training and validation rows. Both flags are traced:
-        one compilation serves every chunk of the run."""
+        one compilation serves every chunk of the run. The third output is
+        `train_steps`' first non-finite step."""
 
         def scores(params):
             return self.pool_scores(params, data, member)
@@ -137,8 +145,8 @@ class Program:
         def skipped(params):
             return jax.tree.map(jnp.zeros_like, jax.eval_shape(scores, params))
 
-        state = self.train_steps(state, num_steps, data, member)
-        return state, jax.lax.cond(evaluate, scores, skipped, state.params)
+        state, nonfinite = self.train_steps(state, num_steps, data, member)
+        return state, jax.lax.cond(evaluate, scores, skipped, state.params), nonfinite
 
     def final_evaluation(
         self, params, data: Dataset, member: Member

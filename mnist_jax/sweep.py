@@ -115,14 +115,15 @@ def run_group(
     chunk = jax.vmap(
         program.chunk,
         in_axes=(_STATE_AXES, None, None, None, _MEMBER_AXES),
-        out_axes=(_STATE_AXES, 0),
+        out_axes=(_STATE_AXES, 0, 0),
     )
     chunk = jax.jit(chunk, donate_argnums=0)
     histories = [[] for _ in configs]
     pool = dataset.without_test()  # training programs never see the test set
     done = 0
     for end in schedule.period_ends(config.train.num_steps, config.train.num_periods):
-        state, scores = chunk(
+        # A diverging member is not stopped: its numbers come out NaN in the table.
+        state, scores, _ = chunk(
             state, jnp.int32(end - done), jnp.bool_(True), pool, member
         )
         done = end

@@ -21,9 +21,9 @@ from mnist_jax import (
     compilation,
     config_schema,
     data,
+    loop,
     models,
     plots,
-    schedule,
     steps,
     writers,
 )
@@ -77,8 +77,15 @@ def resume(
     step = checkpointer.latest_step()
     if step is None:
         return state, [], 0.0
-    metadata = checkpointer.restore_metadata(step)
-    checkpoints.check_resumable(metadata["config"], config.to_dict(), workdir)
+    try:
+        metadata = checkpointer.restore_metadata(step)
+        saved_config = metadata["config"]
+    except Exception as e:  # Orbax raises many types for a damaged or foreign folder
+        raise UserError(
+            f"{checkpointer.directory / str(step)}: not a readable mnist_jax checkpoint "
+            f"({type(e).__name__}); move it away to resume from an earlier one"
+        ) from e
+    checkpoints.check_resumable(saved_config, config.to_dict(), workdir)
     if step > config.train.num_steps:
         raise UserError(
             f"{workdir} has a checkpoint at step {step}, beyond train.num_steps="
@@ -87,7 +94,13 @@ def resume(
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
     )
-    params, opt_state, _ = checkpointer.restore(step, abstract)
+    try:
+        params, opt_state, _ = checkpointer.restore(step, abstract)
+    except Exception as e:
+        raise UserError(
+            f"{checkpointer.directory / str(step)}: checkpoint is damaged "
+            f"({type(e).__name__}); move it away to resume from an earlier one"
+        ) from e
     log.info("Resuming from the checkpoint at step %d.", step)
     state = steps.TrainState(jnp.asarray(step, jnp.int32), params, opt_state)
     return state, metadata["history"], metadata["train_seconds"]
@@ -141,7 +154,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             options=compilation.RUN_ONCE_OPTIONS,
         )
 
-        with checkpoints.Checkpointer(workdir, config.checkpoint.steps) as checkpointer:
+        with (
+            workdir_lib.lock(workdir),
+            checkpoints.Checkpointer(workdir, config.checkpoint.steps) as checkpointer,
+        ):
             state, history, seconds_before = resume(
                 checkpointer, config, state, workdir
             )
@@ -153,7 +169,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             startup_seconds = time.perf_counter() - start
 
             train_start = time.perf_counter()
-            state = train_chunks(
+            state = loop.train_chunks(
                 config,
                 chunk,
                 state,
@@ -195,72 +211,3 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         workdir,
     )
     return results
-
-
-def train_chunks(
-    config,
-    chunk,
-    state,
-    dataset,
-    member,
-    history,
-    checkpointer,
-    workdir,
-    seconds_before,
-):
-    """Runs the chunks from `state.step` to `num_steps`: a metrics row at each period
-    end, a checkpoint (with the history so far) at each save step."""
-    num_steps = config.train.num_steps
-    evaluate_at = set(schedule.period_ends(num_steps, config.train.num_periods))
-    save_at = set(schedule.save_steps(config))
-    done = first = int(state.step)
-    clock = time.perf_counter()
-    with writers.MetricWriter(workdir) as writer:
-        writer.write_hparams(config.to_dict())
-        for end in sorted(s for s in evaluate_at | save_at if s > done):
-            evaluate = end in evaluate_at
-            state, scores = chunk(
-                state, jnp.int32(end - done), jnp.bool_(evaluate), dataset, member
-            )
-            done = end
-            if evaluate:
-                scores = {k: float(v) for k, v in scores.items()}
-                writer.write_scalars(end, scores)
-                history.append({"step": end, **scores})
-                _log_period(
-                    end,
-                    num_steps,
-                    scores,
-                    (end - first) / (time.perf_counter() - clock),
-                )
-            if end in save_at:
-                writer.flush()
-                checkpointer.save(
-                    end,
-                    state,
-                    {
-                        "step": end,
-                        "history": history,
-                        "config": config.to_dict(),
-                        "config_hash": checkpoints.config_hash(config.to_dict()),
-                        "train_seconds": seconds_before + time.perf_counter() - clock,
-                    },
-                )
-    return state
-
-
-def _log_period(
-    step: int, num_steps: int, scores: dict, steps_per_second: float
-) -> None:
-    log.info(
-        "step %d/%d: log loss train %.4f val %.4f, accuracy train %.4f val %.4f, "
-        "%.0f steps/s, ETA %.1fs",
-        step,
-        num_steps,
-        scores["train/log_loss"],
-        scores["val/log_loss"],
-        scores["train/accuracy"],
-        scores["val/accuracy"],
-        steps_per_second,
-        (num_steps - step) / max(steps_per_second, 1e-9),
-    )

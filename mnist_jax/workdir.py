@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import platform
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -15,6 +19,7 @@ from mnist_jax.errors import UserError
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"
 RESULTS_FILE = "results.json"
+LOCK_FILE = ".lock"
 
 
 def prepare(workdir: str | os.PathLike) -> Path:
@@ -29,6 +34,33 @@ def prepare(workdir: str | os.PathLike) -> Path:
     if not os.access(workdir, os.W_OK):
         raise UserError(f"workdir {workdir} is not writable")
     return workdir
+
+
+@contextlib.contextmanager
+def lock(workdir: Path) -> Iterator[None]:
+    """One run per workdir. An OS lock (`flock`) on `WORKDIR/.lock` is released by the
+    kernel when its process dies, even by SIGKILL, so a stale lock is simply free."""
+    handle = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the block)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(
+                f"workdir {workdir} is in use by {holder}; wait for it to finish or "
+                "use another --workdir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(
+            f"process {os.getpid()} on {platform.node()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def environment() -> dict:

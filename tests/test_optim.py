@@ -60,9 +60,10 @@ def test_train_steps_match_numpy_tf1_reference(reduction):
         learning_rate=jnp.float32(0.03),
         clip_norm=jnp.float32(5.0),
     )
-    state = jax.jit(program.train_steps)(
+    state, nonfinite = jax.jit(program.train_steps)(
         program.init_state(params), jnp.int32(5), data, member
     )
+    assert int(nonfinite) == -1
 
     w, b, norms = _numpy_tf1_linear(
         pool_x[:num_train].astype(np.float64),

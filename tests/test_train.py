@@ -97,7 +97,7 @@ def test_period_compiles_once_for_every_chunk_length():
     program, state, member = train.init_run(config, host)
     period = jax.jit(program.chunk, donate_argnums=0)
     for length in (3, 7, 1, 10):
-        state, _ = period(
+        state, _, _ = period(
             state, jnp.int32(length), jnp.bool_(length > 5), dataset, member
         )
     assert int(state.step) == 21
@@ -112,12 +112,10 @@ def test_chunking_does_not_change_training():
     dataset = data.to_device(host)
     program, state, member = train.init_run(config, host)
     train_steps = jax.jit(program.train_steps)
-    whole = train_steps(
-        state, jnp.int32(60), dataset, member
-    )  # 60 steps > 1 epoch of 25
+    whole, _ = train_steps(state, jnp.int32(60), dataset, member)  # > 1 epoch of 25
     chunked = state
     for length in (7, 18, 1, 25, 9):
-        chunked = train_steps(chunked, jnp.int32(length), dataset, member)
+        chunked, _ = train_steps(chunked, jnp.int32(length), dataset, member)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked), strict=True):
         np.testing.assert_array_equal(a, b)
 

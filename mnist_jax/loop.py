@@ -1,0 +1,108 @@
+"""The host side of training: run the compiled chunks in order, write a metrics row at
+each period end, save at each checkpoint step, and stop cleanly when told to (SIGINT,
+SIGTERM) or when the loss diverges, never saving a bad state."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from mnist_jax import checkpoints, interrupts, schedule, writers
+from mnist_jax.errors import Interrupted, TrainingDiverged
+
+log = logging.getLogger(__name__)
+
+
+def train_chunks(
+    config,
+    chunk,
+    state,
+    pool,
+    member,
+    history: list[dict],
+    checkpointer: checkpoints.Checkpointer,
+    workdir: Path,
+    seconds_before: float,
+):
+    """Runs the chunks from `state.step` to `train.num_steps`; returns the final state."""
+    num_steps = config.train.num_steps
+    evaluate_at = set(schedule.period_ends(num_steps, config.train.num_periods))
+    save_at = set(schedule.save_steps(config))
+    done = first = int(state.step)
+    last_saved = done
+    clock = time.perf_counter()
+
+    def save(step):
+        writer.flush()
+        checkpointer.save(
+            step,
+            state,
+            {
+                "step": step,
+                "history": history,
+                "config": config.to_dict(),
+                "config_hash": checkpoints.config_hash(config.to_dict()),
+                "train_seconds": seconds_before + time.perf_counter() - clock,
+            },
+        )
+
+    with writers.MetricWriter(workdir) as writer, interrupts.deferred() as received:
+        writer.write_hparams(config.to_dict())
+        for end in sorted(s for s in evaluate_at | save_at if s > done):
+            evaluate = end in evaluate_at
+            candidate, scores, nonfinite = chunk(
+                state, jnp.int32(end - done), jnp.bool_(evaluate), pool, member
+            )
+            if int(nonfinite) >= 0:
+                raise diverged(config, int(nonfinite) + 1, last_saved)
+            state, done = candidate, end
+            if evaluate:
+                scores = {k: float(v) for k, v in scores.items()}
+                writer.write_scalars(end, scores)
+                history.append({"step": end, **scores})
+                rate = (end - first) / (time.perf_counter() - clock)
+                log_period(end, num_steps, scores, rate)
+            if end in save_at:
+                save(end)
+                last_saved = end
+            if received:
+                if last_saved != done:
+                    save(done)
+                name = signal.Signals(received[0]).name
+                raise Interrupted(
+                    f"interrupted by {name} at step {done}: checkpoint saved in "
+                    f"{checkpointer.directory}; run the same command to resume",
+                    received[0],
+                )
+    return state
+
+
+def diverged(config, step: int, last_saved: int) -> TrainingDiverged:
+    kept = f"step {last_saved}" if last_saved else "none yet"
+    return TrainingDiverged(
+        f"loss or gradients became NaN/inf at step {step} "
+        f"(optim.learning_rate={config.optim.learning_rate}, "
+        f"optim.clip_norm={config.optim.clip_norm}); last good checkpoint: {kept}. "
+        "Lower --config.optim.learning_rate or --config.optim.clip_norm"
+    )
+
+
+def log_period(
+    step: int, num_steps: int, scores: dict, steps_per_second: float
+) -> None:
+    log.info(
+        "step %d/%d: log loss train %.4f val %.4f, accuracy train %.4f val %.4f, "
+        "%.0f steps/s, ETA %.1fs",
+        step,
+        num_steps,
+        scores["train/log_loss"],
+        scores["val/log_loss"],
+        scores["train/accuracy"],
+        scores["val/accuracy"],
+        steps_per_second,
+        (num_steps - step) / max(steps_per_second, 1e-9),
+    )

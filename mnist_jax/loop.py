@@ -58,7 +58,9 @@ def train_chunks(
                 state, jnp.int32(end - done), jnp.bool_(evaluate), pool, member
             )
             if int(nonfinite) >= 0:
-                raise diverged(config, int(nonfinite) + 1, last_saved)
+                error = diverged(config, int(nonfinite) + 1, last_saved)
+                log.error("%s", error)
+                raise error
             state, done = candidate, end
             if evaluate:
                 scores = {k: float(v) for k, v in scores.items()}
@@ -73,11 +75,12 @@ def train_chunks(
                 if last_saved != done:
                     save(done)
                 name = signal.Signals(received[0]).name
-                raise Interrupted(
+                message = (
                     f"interrupted by {name} at step {done}: checkpoint saved in "
-                    f"{checkpointer.directory}; run the same command to resume",
-                    received[0],
+                    f"{checkpointer.directory}; run the same command to resume"
                 )
+                log.warning("%s", message)
+                raise Interrupted(message, received[0])
     return state
 
 

@@ -7,6 +7,7 @@ the run evaluates) and at checkpoint steps. A workdir with checkpoints is resume
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -67,6 +68,34 @@ def init_run(
         jnp.float32(config.optim.clip_norm),
     )
     return program, state, member
+
+
+def finish(config, workdir, host, history, final, model, run_info, start) -> dict:
+    """Writes results.json, the figures and the completed run_info.json."""
+    results = {
+        "val/accuracy": float(final["val/accuracy"]),
+        "val/log_loss": float(final["val/log_loss"]),
+        "test/accuracy": float(final["test/accuracy"]),
+        "test/log_loss": float(final["test/log_loss"]),
+        "num_steps": config.train.num_steps,
+        "train_seconds": run_info["train_seconds"],
+    }
+    writers.write_json(workdir / workdir_lib.RESULTS_FILE, results)
+    first_layer = model.first_layer_kernel if isinstance(model, models.MLP) else None
+    plots.write_run_figures(
+        workdir, history, final, host.test_images, host.test_labels, first_layer
+    )
+    run_info["wall_seconds"] = time.perf_counter() - start
+    writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+    log.info(
+        "Validation accuracy %.4f, test accuracy %.4f (log loss %.4f / %.4f). Workdir: %s",
+        results["val/accuracy"],
+        results["test/accuracy"],
+        results["val/log_loss"],
+        results["test/log_loss"],
+        workdir,
+    )
+    return results
 
 
 def resume(
@@ -154,19 +183,21 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             options=compilation.RUN_ONCE_OPTIONS,
         )
 
-        with (
-            workdir_lib.lock(workdir),
-            checkpoints.Checkpointer(workdir, config.checkpoint.steps) as checkpointer,
-        ):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(workdir_lib.lock(workdir))
+            checkpointer = stack.enter_context(
+                checkpoints.Checkpointer(workdir, config.checkpoint.steps)
+            )
             state, history, seconds_before = resume(
                 checkpointer, config, state, workdir
             )
+            stack.enter_context(workdir_lib.log_file(workdir))
             writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
             writers.rewrite_metrics(workdir, history)
             run_info = {"data": host.fingerprint(), **workdir_lib.environment()}
             writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
             chunk = chunk_ready.result()
-            startup_seconds = time.perf_counter() - start
+            run_info["startup_seconds"] = time.perf_counter() - start
 
             train_start = time.perf_counter()
             state = loop.train_chunks(
@@ -180,34 +211,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 workdir,
                 seconds_before,
             )
-            train_seconds = seconds_before + time.perf_counter() - train_start
-        final = jax.device_get(final_ready.result()(state.params, dataset, member))
-    results = {
-        "val/accuracy": float(final["val/accuracy"]),
-        "val/log_loss": float(final["val/log_loss"]),
-        "test/accuracy": float(final["test/accuracy"]),
-        "test/log_loss": float(final["test/log_loss"]),
-        "num_steps": config.train.num_steps,
-        "train_seconds": train_seconds,
-    }
-    writers.write_json(workdir / workdir_lib.RESULTS_FILE, results)
-    model = nnx.merge(program.graphdef, state.params)
-    first_layer = model.first_layer_kernel if isinstance(model, models.MLP) else None
-    plots.write_run_figures(
-        workdir, history, final, host.test_images, host.test_labels, first_layer
-    )
-    run_info.update(
-        startup_seconds=startup_seconds,
-        train_seconds=train_seconds,
-        wall_seconds=time.perf_counter() - start,
-    )
-    writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
-    log.info(
-        "Validation accuracy %.4f, test accuracy %.4f (log loss %.4f / %.4f). Workdir: %s",
-        results["val/accuracy"],
-        results["test/accuracy"],
-        results["val/log_loss"],
-        results["test/log_loss"],
-        workdir,
-    )
+            run_info["train_seconds"] = (
+                seconds_before + time.perf_counter() - train_start
+            )
+            final = jax.device_get(final_ready.result()(state.params, dataset, member))
+            model = nnx.merge(program.graphdef, state.params)
+            results = finish(
+                config, workdir, host, history, final, model, run_info, start
+            )
     return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import platform
 import sys
@@ -20,6 +21,7 @@ CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"
 RESULTS_FILE = "results.json"
 LOCK_FILE = ".lock"
+LOG_FILE = "train.log"
 
 
 def prepare(workdir: str | os.PathLike) -> Path:
@@ -61,6 +63,25 @@ def lock(workdir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()  # closing releases the lock
+
+
+@contextlib.contextmanager
+def log_file(workdir: Path) -> Iterator[None]:
+    """Copies the run's own log lines (not the libraries') to `WORKDIR/train.log`,
+    appending, so a resumed run's history reads in order."""
+    handler = logging.FileHandler(workdir / LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("mnist_jax")
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:  # e.g. in a notebook: still log to file
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 def environment() -> dict:

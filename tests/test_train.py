@@ -56,6 +56,8 @@ def test_smoke_run_writes_every_workdir_file(smoke_run):
     assert info["devices"] and info["wall_seconds"] > 0
 
     assert list(workdir.glob("events.out.tfevents.*"))
+    log_lines = (workdir / "train.log").read_text().splitlines()
+    assert "step 10/20" in log_lines[0] and "test accuracy" in log_lines[-1]
     for figure in (
         "log_loss.png",
         "confusion_matrix.png",

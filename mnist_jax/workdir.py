@@ -73,7 +73,9 @@ def log_file(workdir: Path) -> Iterator[None]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("mnist_jax")
     level = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:  # e.g. in a notebook: still log to file
+    if (
+        logger.getEffectiveLevel() > logging.INFO
+    ):  # e.g. in a notebook: still log to file
         logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:

@@ -13,20 +13,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 from ml_collections import ConfigDict
 from orbax.checkpoint import checkpoint_managers
 
-from mnist_jax import models
+from mnist_jax import mesh, models
 from mnist_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 ITEMS = ("params", "opt_state", "metadata")
-RESUMABLE_FIELDS = ("train.num_steps",)  # a resumed run may change these, nothing else
+# A resumed run may change these, nothing else: more steps extend it; the mesh is
+# where it runs, not what it computes.
+RESUMABLE_FIELDS = ("train.num_steps", "mesh.shape")
 
 
 def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -92,9 +92,7 @@ class Checkpointer:
     def save(self, step: int, state, metadata: dict) -> None:
         # Host copies first: the device buffers are donated to the next chunk while
         # Orbax may still be writing in the background.
-        params, opt_state = jax.tree.map(
-            lambda x: np.array(x, copy=True), (state.params, state.opt_state)
-        )
+        params, opt_state = mesh.to_host((state.params, state.opt_state))
         self._manager.save(
             step,
             args=ocp.args.Composite(

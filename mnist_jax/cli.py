@@ -26,6 +26,40 @@ _CACHE = flags.DEFINE_string(
 )
 
 
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: HOST:PORT of process 0's coordinator."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
+# Variables by which a cluster launcher tells jax.distributed.initialize() everything.
+CLUSTER_ENV = (
+    "JAX_COORDINATOR_ADDRESS",
+    "SLURM_STEP_NUM_TASKS",
+    "OMPI_COMM_WORLD_SIZE",
+)
+
+
+def init_distributed() -> None:
+    """Joins JAX's distributed runtime when asked to by flags, or when a cluster launcher
+    (SLURM, Open MPI, ...) started several processes; a single process does nothing.
+    CPU processes exchange gradients over gloo, so this runs anywhere."""
+    import jax
+
+    explicit = _COORDINATOR.value is not None
+    launched = any(int(os.environ.get(v, "1") or 1) > 1 for v in CLUSTER_ENV[1:]) or (
+        "JAX_COORDINATOR_ADDRESS" in os.environ
+    )
+    if not (explicit or launched):
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
+        jax.distributed.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
+    else:
+        jax.distributed.initialize()
+
+
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -73,6 +107,7 @@ def run(main: Callable[[list[str]], None]) -> None:
             from mnist_jax import compilation
 
             compilation.enable_persistent_cache(_CACHE.value)
+        init_distributed()
         try:
             main(argv)
         except UserError as e:

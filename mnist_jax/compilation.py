@@ -28,9 +28,14 @@ def compile_async(
     return executor.submit(lowered.compile, compiler_options=options)
 
 
-def run_once(fn, *args):
+def run_once(fn, *args, out_shardings=None):
     """Compiles `fn` for `args` with cheap options and calls it."""
-    lowered = jax.jit(fn).lower(*args)
+    jitted = (
+        jax.jit(fn)
+        if out_shardings is None
+        else jax.jit(fn, out_shardings=out_shardings)
+    )
+    lowered = jitted.lower(*args)
     return lowered.compile(compiler_options=RUN_ONCE_OPTIONS)(*args)
 
 

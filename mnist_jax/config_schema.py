@@ -65,6 +65,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint.steps = (10, 100, 1000)
     # A rolling latest checkpoint for resumption; 0 = at each period end.
     config.checkpoint.every_steps = 0
+
+    config.mesh = ml_collections.ConfigDict()
+    # () = all devices along "data"; (n,) the first n; (members, data) for sweeps.
+    config.mesh.shape = ()
     return config
 
 

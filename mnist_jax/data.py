@@ -93,15 +93,19 @@ def pool_spec(num_pool: int) -> Dataset:
     )
 
 
-def to_device(host: HostData) -> Dataset:
-    def scale(images):  # on the host: one transfer, no eager device op to compile
-        return jax.device_put(images.astype(np.float32) / np.float32(255.0))
+def to_device(host: HostData, sharding=None) -> Dataset:
+    """Scaled on the host (one transfer, no eager device op to compile), then placed
+    with `sharding` (default: the default device). The whole set is small, so every
+    device holds it: each then gathers its share of a batch's rows locally."""
+
+    def put(array):
+        return jax.device_put(array, sharding)
 
     return Dataset(
-        pool_x=scale(host.pool_images),
-        pool_y=jax.device_put(host.pool_labels),
-        test_x=scale(host.test_images),
-        test_y=jax.device_put(host.test_labels),
+        pool_x=put(host.pool_images.astype(np.float32) / np.float32(255.0)),
+        pool_y=put(host.pool_labels),
+        test_x=put(host.test_images.astype(np.float32) / np.float32(255.0)),
+        test_y=put(host.test_labels),
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from mnist_jax import checkpoints, interrupts, schedule, writers
+from mnist_jax import mesh as mesh_lib
 from mnist_jax.errors import Interrupted, TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,18 @@ def train_chunks(
             },
         )
 
-    with writers.MetricWriter(workdir) as writer, interrupts.deferred() as received:
+    chief = mesh_lib.is_chief()
+    with (
+        writers.MetricWriter(workdir, enabled=chief) as writer,
+        interrupts.deferred() as received,
+    ):
         writer.write_hparams(config.to_dict())
         for end in sorted(s for s in evaluate_at | save_at if s > done):
             evaluate = end in evaluate_at
             candidate, scores, nonfinite = chunk(
                 state, jnp.int32(end - done), jnp.bool_(evaluate), pool, member
             )
+            nonfinite, scores = mesh_lib.to_host((nonfinite, scores))
             if int(nonfinite) >= 0:
                 error = diverged(config, int(nonfinite) + 1, last_saved)
                 log.error("%s", error)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mnist_jax import metrics, optim
 from mnist_jax.data import Dataset
@@ -46,6 +47,15 @@ class Program:
     graphdef: nnx.GraphDef
     batch_size: int
     loss_reduction: str
+    mesh: Mesh | None = None  # rows of batches and of evaluations shard along "data"
+
+    def shard_rows(self, x: jax.Array) -> jax.Array:
+        """Splits a batch's rows over the mesh's data axis; GSPMD then runs each device
+        on its rows and all-reduces the gradients. A no-op on one device."""
+        if self.mesh is None or self.mesh.shape["data"] == 1:
+            return x
+        spec = PartitionSpec("data", *([None] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
     def logits(self, params, x, dropout_key=None):
         return nnx.merge(self.graphdef, params)(x, dropout_key=dropout_key)
@@ -91,8 +101,8 @@ class Program:
             ]
             loss, grads = jax.value_and_grad(loss_fn)(
                 state.params,
-                data.pool_x[rows],
-                data.pool_y[rows],
+                self.shard_rows(data.pool_x[rows]),
+                self.shard_rows(data.pool_y[rows]),
                 jax.random.fold_in(dropout_key, state.step),
             )
             finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
@@ -117,7 +127,7 @@ class Program:
         Scoring the whole pool and then averaging over each split's rows keeps the
         data unbatched under a sweep's vmap, so the first layer of every member is one
         large matrix product instead of many small ones."""
-        logits = self.logits(params, data.pool_x)
+        logits = self.logits(params, self.shard_rows(data.pool_x))
         losses = metrics.example_log_loss(logits, data.pool_y)
         correct = jnp.argmax(logits, axis=-1) == data.pool_y
         scores = {}

@@ -12,6 +12,7 @@ reduction) split the grid into groups that run one after another.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -20,9 +21,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from mnist_jax import compilation, config_schema, data, schedule, steps, train, writers
+from mnist_jax import mesh as mesh_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError
 
@@ -97,11 +100,21 @@ def group_key(member: ConfigDict) -> str:
 
 
 def run_group(
-    configs: list[ConfigDict], host: data.HostData, dataset: data.Dataset
+    configs: list[ConfigDict],
+    host: data.HostData,
+    dataset: data.Dataset,
+    device_mesh: Mesh,
 ) -> list[dict]:
-    """Trains same-shaped members together; returns each one's results."""
+    """Trains same-shaped members together, the member axis sharded over the mesh's
+    `members` axis (padded to a multiple of it with copies of the last member, whose
+    results are dropped); returns each member's results."""
     config = configs[0]
-    program = train.make_program(config)
+    num_real = len(configs)
+    num_shards = device_mesh.shape[mesh_lib.MEMBERS]
+    configs = configs + [configs[-1]] * (-num_real % num_shards)
+    replicated = mesh_lib.replicated(device_mesh)
+    by_member = NamedSharding(device_mesh, PartitionSpec(mesh_lib.MEMBERS))
+    program = train.make_program(config, device_mesh)
     init = jax.vmap(
         train.make_init(config, len(host.pool_labels), host.num_train, program),
         out_axes=(_STATE_AXES, _MEMBER_AXES),
@@ -111,8 +124,10 @@ def run_group(
         jnp.asarray([c.seed for c in configs], jnp.int32),
         jnp.asarray([c.optim.learning_rate for c in configs], jnp.float32),
         jnp.asarray([c.optim.clip_norm for c in configs], jnp.float32),
+        out_shardings=(steps.TrainState(replicated, by_member, by_member), by_member),
     )
-    chunk = jax.vmap(
+    vmapped = functools.partial(jax.vmap, spmd_axis_name=mesh_lib.MEMBERS)
+    chunk = vmapped(
         program.chunk,
         in_axes=(_STATE_AXES, None, None, None, _MEMBER_AXES),
         out_axes=(_STATE_AXES, 0, 0),
@@ -127,14 +142,14 @@ def run_group(
             state, jnp.int32(end - done), jnp.bool_(True), pool, member
         )
         done = end
-        scores = jax.device_get(scores)
+        scores = mesh_lib.to_host(scores)
         for i, history in enumerate(histories):
             history.append({"step": end, **{k: float(v[i]) for k, v in scores.items()}})
-    final = jax.vmap(program.final_evaluation, in_axes=(0, None, _MEMBER_AXES))
-    final = jax.device_get(compilation.run_once(final, state.params, dataset, member))
+    final = vmapped(program.final_evaluation, in_axes=(0, None, _MEMBER_AXES))
+    final = mesh_lib.to_host(compilation.run_once(final, state.params, dataset, member))
     return [
         {**{k: float(final[k][i]) for k in RESULT_KEYS}, "history": histories[i]}
-        for i in range(len(configs))
+        for i in range(num_real)
     ]
 
 
@@ -146,7 +161,10 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     host = data.load(base.data)
     workdir = workdir_lib.prepare(workdir)
     writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
-    dataset = data.to_device(host)
+    device_mesh = mesh_lib.make_sweep_mesh(base.mesh.shape)
+    for _, member_config in members:
+        mesh_lib.check_batch(device_mesh, member_config.train.batch_size)
+    dataset = data.to_device(host, mesh_lib.replicated(device_mesh))
 
     groups: dict[str, list[int]] = {}
     for i, (_, member_config) in enumerate(members):
@@ -154,7 +172,9 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     rows: list[dict] = [{} for _ in members]
     for n, indices in enumerate(groups.values()):
         group_start = time.perf_counter()
-        results = run_group([members[i][1] for i in indices], host, dataset)
+        results = run_group(
+            [members[i][1] for i in indices], host, dataset, device_mesh
+        )
         for i, result in zip(indices, results, strict=True):
             rows[i] = {"member": i, **members[i][0], **result}
         log.info(
@@ -171,6 +191,7 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     run_info = {
         "data": host.fingerprint(),
         **workdir_lib.environment(),
+        "mesh": mesh_lib.describe(device_mesh),
         "num_members": len(members),
         "num_groups": len(groups),
         "wall_seconds": time.perf_counter() - start,

@@ -28,15 +28,18 @@ from mnist_jax import (
     steps,
     writers,
 )
+from mnist_jax import mesh as mesh_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
 
-def make_program(config) -> steps.Program:
+def make_program(config, device_mesh=None) -> steps.Program:
     graphdef, _ = nnx.split(checkpoints.abstract_model(config))
-    return steps.Program(graphdef, config.train.batch_size, config.optim.loss_reduction)
+    return steps.Program(
+        graphdef, config.train.batch_size, config.optim.loss_reduction, device_mesh
+    )
 
 
 def make_init(config, num_pool: int, num_train: int, program: steps.Program):
@@ -80,6 +83,8 @@ def finish(config, workdir, host, history, final, model, run_info, start) -> dic
         "num_steps": config.train.num_steps,
         "train_seconds": run_info["train_seconds"],
     }
+    if not mesh_lib.is_chief():
+        return results
     writers.write_json(workdir / workdir_lib.RESULTS_FILE, results)
     first_layer = model.first_layer_kernel if isinstance(model, models.MLP) else None
     plots.write_run_figures(
@@ -149,31 +154,40 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             f"train.batch_size={config.train.batch_size} exceeds the {num_train} "
             "training rows"
         )
-    program = make_program(config)
+    device_mesh = mesh_lib.make_mesh(config.mesh.shape)
+    if mesh_lib.MEMBERS in device_mesh.shape:
+        raise ConfigError(
+            f"mesh.shape={tuple(config.mesh.shape)!r} has a members axis, which only a "
+            "sweep uses; give a single run (data,) or ()"
+        )
+    mesh_lib.check_batch(device_mesh, config.train.batch_size)
+    replicated = mesh_lib.replicated(device_mesh)
+    program = make_program(config, device_mesh)
     init = make_init(config, num_pool, num_train, program)
     init_args = (
         jnp.int32(config.seed),
         jnp.float32(config.optim.learning_rate),
         jnp.float32(config.optim.clip_norm),
     )
-    state_spec, member_spec = jax.eval_shape(init, *init_args)
+    state_spec, member_spec = mesh_lib.specs(
+        jax.eval_shape(init, *init_args), replicated
+    )
     with ThreadPoolExecutor(max_workers=1) as compiler:
         # The training program compiles (GIL released) while the data loads.
         chunk_ready = compilation.compile_async(
             compiler,
             jax.jit(program.chunk, donate_argnums=0),
             state_spec,
-            jax.ShapeDtypeStruct((), jnp.int32),
-            jax.ShapeDtypeStruct((), jnp.bool_),
-            data.pool_spec(num_pool),
+            *mesh_lib.specs((jnp.int32(0), jnp.bool_(True)), replicated),
+            mesh_lib.specs(data.pool_spec(num_pool), replicated),
             member_spec,
         )
         plots.preload()
         host = data.load(config.data, resolved)
         # Only now that config and data are known good does the workdir get touched.
         workdir = workdir_lib.prepare(workdir)
-        dataset = data.to_device(host)
-        state, member = compilation.run_once(init, *init_args)
+        dataset = data.to_device(host, replicated)
+        state, member = compilation.run_once(init, *init_args, out_shardings=replicated)
         final_ready = compilation.compile_async(
             compiler,
             jax.jit(program.final_evaluation),
@@ -183,20 +197,29 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             options=compilation.RUN_ONCE_OPTIONS,
         )
 
+        chief = mesh_lib.is_chief()
         with contextlib.ExitStack() as stack:
-            stack.enter_context(workdir_lib.lock(workdir))
+            if chief:  # the other processes of a multi-host run belong to its run
+                stack.enter_context(workdir_lib.lock(workdir))
             checkpointer = stack.enter_context(
                 checkpoints.Checkpointer(workdir, config.checkpoint.steps)
             )
             state, history, seconds_before = resume(
                 checkpointer, config, state, workdir
             )
-            stack.enter_context(workdir_lib.log_file(workdir))
-            writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
-            writers.rewrite_metrics(workdir, history)
-            run_info = {"data": host.fingerprint(), **workdir_lib.environment()}
-            writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+            run_info = {
+                "data": host.fingerprint(),
+                **workdir_lib.environment(),
+                "mesh": mesh_lib.describe(device_mesh),
+            }
+            if chief:
+                stack.enter_context(workdir_lib.log_file(workdir))
+                writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+                writers.rewrite_metrics(workdir, history)
+                writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
             chunk = chunk_ready.result()
+            state_step = jax.device_put(state.step, replicated)
+            state = state._replace(step=state_step)
             run_info["startup_seconds"] = time.perf_counter() - start
 
             train_start = time.perf_counter()
@@ -214,8 +237,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             run_info["train_seconds"] = (
                 seconds_before + time.perf_counter() - train_start
             )
-            final = jax.device_get(final_ready.result()(state.params, dataset, member))
-            model = nnx.merge(program.graphdef, state.params)
+            final = mesh_lib.to_host(
+                final_ready.result()(state.params, dataset, member)
+            )
+            model = nnx.merge(program.graphdef, mesh_lib.to_host(state.params))
             results = finish(
                 config, workdir, host, history, final, model, run_info, start
             )

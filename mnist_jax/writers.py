@@ -50,7 +50,13 @@ def rewrite_metrics(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> N
 class MetricWriter:
     """Appends one JSON object per `write_scalars` call and mirrors it to TensorBoard."""
 
-    def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+    def __init__(
+        self, workdir: str | os.PathLike, tensorboard: bool = True, enabled: bool = True
+    ):
+        """`enabled=False` (processes other than 0 of a multi-host run) writes nothing."""
+        self._enabled = enabled
+        if not enabled:
+            return
         # Held open for the run's life: one append per period, closed by close().
         self._jsonl = open(Path(workdir) / METRICS_FILE, "a")  # noqa: SIM115
         self._tb = None
@@ -60,6 +66,8 @@ class MetricWriter:
             self._tb = SummaryWriter(logdir=str(workdir), flush_secs=30)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        if not self._enabled:
+            return
         row = {"step": int(step)} | {k: _plain(v) for k, v in scalars.items()}
         self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
         if self._tb is not None:
@@ -67,18 +75,24 @@ class MetricWriter:
                 self._tb.add_scalar(name, float(value), int(step))
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        if not self._enabled:
+            return
         if self._tb is not None:
             self._tb.add_text(
                 "hparams", json.dumps(dict(hparams), indent=2, default=str)
             )
 
     def flush(self) -> None:
+        if not self._enabled:
+            return
         self._jsonl.flush()
         os.fsync(self._jsonl.fileno())
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
+        if not self._enabled:
+            return
         self.flush()
         self._jsonl.close()
         if self._tb is not None:

@@ -1,0 +1,163 @@
+"""One mesh, many devices, many processes: same numbers as one device.
+
+Each multi-device case runs in a subprocess (8 simulated CPU devices, or two processes
+joined by jax.distributed on 127.0.0.1), so the suite's own single device is unaffected.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import mlp
+from mnist_jax import checkpoints, mesh, train, writers
+from mnist_jax.errors import ConfigError
+from tests.conftest import REPO
+
+RUN = ["--config=configs/mlp.py:smoke", "--config.train.batch_size=32"]
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+
+def _python(args, extra_env=None, **kwargs):
+    env = {**os.environ, **(extra_env or {})}
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _finish(process, timeout=300):
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+    return out, err
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one_device")
+    config = mlp.get_config("smoke")
+    config.train.batch_size = 32
+    return workdir, train.train_and_evaluate(config, workdir)
+
+
+def _close(a, b, rel=1e-5):
+    for key in ("val/log_loss", "test/log_loss", "val/accuracy", "test/accuracy"):
+        assert a[key] == pytest.approx(b[key], rel=rel), key
+
+
+def test_eight_devices_match_one_and_restore_on_one(tmp_path, one_device):
+    _, expected = one_device
+    _finish(
+        _python(["-m", "mnist_jax.main", *RUN, f"--workdir={tmp_path}"], EIGHT_DEVICES)
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    _close(results, expected)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["mesh"]["axes"] == {"data": 8} and len(info["mesh"]["devices"]) == 8
+    model = checkpoints.restore_model(tmp_path, 20)  # written on 8 devices, read on 1
+    reference = checkpoints.restore_model(one_device[0], 20)
+    x = np.random.default_rng(0).random((5, 784), np.float32)
+    np.testing.assert_allclose(model(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_and_write_once(tmp_path, one_device):
+    _, expected = one_device
+    port = _free_port()
+    processes = [
+        _python(
+            [
+                "-m",
+                "mnist_jax.main",
+                *RUN,
+                f"--workdir={tmp_path}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ]
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        _finish(process)
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("val/log_loss", "test/log_loss"):
+        assert results[key] == pytest.approx(expected[key], rel=1e-5), key
+    for key, n in (("val/accuracy", 250), ("test/accuracy", 1000)):
+        assert abs(results[key] - expected[key]) <= 1 / n + 1e-6, key  # a tie may flip
+    assert [r["step"] for r in writers.read_metrics(tmp_path)] == [
+        10,
+        20,
+    ]  # once, not twice
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["process_count"] == 2 and info["mesh"]["axes"] == {"data": 2}
+    assert checkpoints.available_steps(tmp_path) == [5, 10, 20]
+
+
+def test_sweep_on_eight_devices_matches_one(tmp_path):
+    args = [
+        "-m",
+        "mnist_jax.sweep",
+        "--config=configs/sweep_mlp.py:smoke",
+        "--config.sweep.optim.learning_rate=(0.03,0.05,0.1,0.3)",
+        "--config.sweep.train.batch_size=(32,)",
+        "--config.sweep.seed=(0,1,2,3)",
+    ]
+    one = _python([*args, f"--workdir={tmp_path / 'one'}"])
+    _finish(one)
+    eight = _python([*args, f"--workdir={tmp_path / 'eight'}"], EIGHT_DEVICES)
+    _finish(eight)
+    a = pd.read_csv(tmp_path / "one" / "sweep.csv")
+    b = pd.read_csv(tmp_path / "eight" / "sweep.csv")
+    assert len(a) == 16
+    for column in ("val/log_loss", "test/log_loss", "val/accuracy"):
+        np.testing.assert_allclose(a[column], b[column], rtol=1e-4)
+    info = json.loads((tmp_path / "eight" / "run_info.json").read_text())
+    assert info["mesh"]["axes"] == {"members": 8, "data": 1}
+
+
+def test_mesh_shapes_and_batch_division():
+    one = mesh.make_mesh(())
+    assert dict(one.shape) == {"data": 1}
+    with pytest.raises(
+        ConfigError, match=r"mesh.shape=\(4,\) needs 4 devices; 1 are available"
+    ):
+        mesh.make_mesh((4,))
+    with pytest.raises(ConfigError, match="must be \\(data,\\) or \\(members, data\\)"):
+        mesh.make_mesh((1, 1, 1))
+    assert dict(mesh.make_sweep_mesh(()).shape) == {"members": 1, "data": 1}
+    mesh.check_batch(one, 30)
+
+
+def test_batch_that_does_not_divide_the_devices_is_refused(tmp_path):
+    process = _python(
+        [
+            "-m",
+            "mnist_jax.main",
+            "--config=configs/mlp.py:smoke",
+            f"--workdir={tmp_path}",
+        ],
+        EIGHT_DEVICES,
+    )
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 2
+    assert (
+        "train.batch_size=30 does not divide over the 8 devices"
+        in err.strip().splitlines()[-1]
+    )

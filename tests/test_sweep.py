@@ -103,3 +103,20 @@ def test_no_axes_is_one_member():
     config = config_schema.default_config()
     assert len(sweep.expand(config)) == 1
     assert np.isclose(sweep.expand(config)[0][1].optim.learning_rate, 0.05)
+
+
+def test_block_layout():
+    assert sweep.block_layout(64, 1) == (4, 16)
+    assert sweep.block_layout(45, 1) == (3, 15)
+    assert sweep.block_layout(64, 8) == (1, 64)
+    blocks, size = sweep.block_layout(200, 8)
+    assert blocks * size >= 200 and size % 8 == 0 and size // 8 <= 16
+
+
+def test_blocks_give_the_same_members(smoke_sweep, tmp_path, monkeypatch):
+    _, rows = smoke_sweep
+    monkeypatch.setattr(sweep, "MAX_MEMBERS_PER_DEVICE", 3)  # 4 members: 2 blocks of 2
+    blocked = sweep.run_sweep(_small_sweep(), tmp_path)
+    for a, b in zip(rows, blocked, strict=True):
+        for key in sweep.RESULT_KEYS:
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key

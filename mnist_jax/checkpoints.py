@@ -18,7 +18,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 from orbax.checkpoint import checkpoint_managers
 
-from mnist_jax import mesh, models
+from mnist_jax import config_schema, mesh, models
 from mnist_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -142,10 +142,18 @@ def read_config(workdir: str | os.PathLike) -> ConfigDict:
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{workdir}: no {CONFIG_FILE}; is it a mnist_jax workdir?")
-    config = json.loads(path.read_text())
-    config["model"]["hidden_units"] = tuple(config["model"]["hidden_units"])
-    config["checkpoint"]["steps"] = tuple(config["checkpoint"]["steps"])
-    return ConfigDict(config)
+    saved = flat_config(json.loads(path.read_text()))
+    # Onto today's defaults, so a workdir from before a field existed still reads.
+    config = config_schema.default_config()
+    for name, default in config_schema.leaves(config_schema.default_config()):
+        if name in saved:
+            *groups, field = name.split(".")
+            target = config
+            for group in groups:
+                target = target[group]
+            value = saved[name]
+            target[field] = tuple(value) if isinstance(default, tuple) else value
+    return config
 
 
 def available_steps(workdir: str | os.PathLike) -> list[int]:

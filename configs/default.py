@@ -1,7 +1,7 @@
 """Defaults for every field: the notebook's MLP experiment, explained field by field in
 `mnist_jax/config_schema.py`.
 
-    python -m mnist_jax.main --config=configs/default.py --workdir=/tmp/mnist_default
+    python -m mnist_jax.main --config=configs/default.py --workdir=runs/mnist_default
 
 `configs/default.py:smoke` is a few-second offline variant for tests.
 """

@@ -1,7 +1,7 @@
 """The notebook's linear (softmax) classifier solution: Adagrad lr 0.03, clip 5.0,
 batch 30, 1000 steps in 10 periods, zero-initialised as TF's LinearClassifier.
 
-    python -m mnist_jax.main --config=configs/linear.py --workdir=/tmp/mnist_linear
+    python -m mnist_jax.main --config=configs/linear.py --workdir=runs/mnist_linear
 
 Expect (notebook data, --config.data.path=../shared/data/mnist): validation ~0.90,
 test ~0.90 accuracy, a few seconds end to end on a 2-core CPU.

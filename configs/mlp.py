@@ -1,7 +1,7 @@
 """The notebook's MLP solution: hidden (100, 100), ReLU, Adagrad lr 0.05, clip 5.0,
 batch 30, 1000 steps in 10 periods.
 
-    python -m mnist_jax.main --config=configs/mlp.py --workdir=/tmp/mnist_mlp
+    python -m mnist_jax.main --config=configs/mlp.py --workdir=runs/mnist_mlp
 
 Expect (notebook data, --config.data.path=../shared/data/mnist): validation ~0.94-0.95,
 test ~0.95 accuracy, a few seconds end to end on a 2-core CPU. On the embedded

@@ -1,7 +1,7 @@
 """The notebook's linear-classifier exercise as one sweep: learning rate x batch size,
 3 seeds each.
 
-    python -m mnist_jax.sweep --config=configs/sweep_linear.py --workdir=/tmp/sweep_linear \
+    python -m mnist_jax.sweep --config=configs/sweep_linear.py --workdir=runs/sweep_linear \
         --config.data.path=../shared/data/mnist
 
 45 members in 3 groups (one per batch size). `configs/sweep_linear.py:smoke` is the
@@ -10,8 +10,6 @@ test variant.
 Best found on the notebook data (see the README's sweep section for the table).
 """
 
-from ml_collections import ConfigDict
-
 from mnist_jax import config_schema
 
 
@@ -19,18 +17,21 @@ def get_config(arg=None):
     config = config_schema.default_config()
     config.model.name = "linear"
     config.optim.learning_rate = 0.03
-    config.sweep = ConfigDict()
-    config.sweep.optim = ConfigDict()
-    config.sweep.train = ConfigDict()
-    # Adagrad step sizes around the notebook's 0.03.
-    config.sweep.optim.learning_rate = (0.003, 0.01, 0.03, 0.1, 0.3)
-    # The notebook's 30, and a smaller and a larger batch.
-    config.sweep.train.batch_size = (10, 30, 100)
-    # Seeds give the error bars.
-    config.sweep.seed = (0, 1, 2)
     if arg == "smoke":
-        config = config_schema.smoke(config)
-        config.sweep.optim.learning_rate = (0.01, 0.1)
-        config.sweep.train.batch_size = (10, 30)
-        config.sweep.seed = (0, 1)
-    return config
+        smoke_axes = {
+            "optim.learning_rate": (0.01, 0.1),
+            "train.batch_size": (10, 30),
+            "seed": (0, 1),
+        }
+        return config_schema.with_sweep(config_schema.smoke(config), smoke_axes)
+    return config_schema.with_sweep(
+        config,
+        {
+            # Adagrad step sizes around the notebook's choice.
+            "optim.learning_rate": (0.003, 0.01, 0.03, 0.1, 0.3),
+            # The notebook's 30, and a smaller and a larger batch.
+            "train.batch_size": (10, 30, 100),
+            # Seeds give the error bars.
+            "seed": (0, 1, 2),
+        },
+    )

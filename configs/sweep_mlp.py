@@ -1,6 +1,6 @@
 """The notebook's MLP exercise as one sweep: learning rate x batch size, 3 seeds each.
 
-    python -m mnist_jax.sweep --config=configs/sweep_mlp.py --workdir=/tmp/sweep_mlp \
+    python -m mnist_jax.sweep --config=configs/sweep_mlp.py --workdir=runs/sweep_mlp \
         --config.data.path=../shared/data/mnist
 
 45 members in 3 groups (one per batch size); the 15 members of a group train together
@@ -11,26 +11,27 @@ a few-second variant for tests.
 Best found on the notebook data (see the README's sweep section for the table).
 """
 
-from ml_collections import ConfigDict
-
 from mnist_jax import config_schema
 
 
 def get_config(arg=None):
     config = config_schema.default_config()
     config.model.name = "mlp"
-    config.sweep = ConfigDict()
-    config.sweep.optim = ConfigDict()
-    config.sweep.train = ConfigDict()
-    # Adagrad step sizes around the notebook's 0.05.
-    config.sweep.optim.learning_rate = (0.01, 0.03, 0.05, 0.1, 0.3)
-    # The notebook's 30, and a smaller and a larger batch.
-    config.sweep.train.batch_size = (10, 30, 100)
-    # Seeds give the error bars.
-    config.sweep.seed = (0, 1, 2)
     if arg == "smoke":
-        config = config_schema.smoke(config)
-        config.sweep.optim.learning_rate = (0.03, 0.1)
-        config.sweep.train.batch_size = (10, 30)
-        config.sweep.seed = (0, 1)
-    return config
+        smoke_axes = {
+            "optim.learning_rate": (0.03, 0.1),
+            "train.batch_size": (10, 30),
+            "seed": (0, 1),
+        }
+        return config_schema.with_sweep(config_schema.smoke(config), smoke_axes)
+    return config_schema.with_sweep(
+        config,
+        {
+            # Adagrad step sizes around the notebook's choice.
+            "optim.learning_rate": (0.01, 0.03, 0.05, 0.1, 0.3),
+            # The notebook's 30, and a smaller and a larger batch.
+            "train.batch_size": (10, 30, 100),
+            # Seeds give the error bars.
+            "seed": (0, 1, 2),
+        },
+    )

@@ -1,6 +1,6 @@
 """Speed of training and sweeps, measured side by side in one run on the same data.
 
-    python experiments/benchmark.py --data_dir=../shared/data/mnist --out=/tmp/bench
+    python experiments/benchmark.py --data_dir=../shared/data/mnist --out=runs/benchmark
 
 Writes `benchmark.json` and `benchmark.md`. Never part of the tests: timings belong to
 one machine at one moment; compare the ratios, which this run measures together.
@@ -35,7 +35,7 @@ from mnist_jax import cli, config_schema, data, optim, steps, train, writers
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", "../shared/data/mnist", "Notebook data folder."
 )
-_OUT = flags.DEFINE_string("out", "benchmark_results", "Output folder.")
+_OUT = flags.DEFINE_string("out", "runs/benchmark", "Output folder.")
 _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per measurement.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats; the median is reported.")
 

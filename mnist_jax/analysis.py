@@ -36,8 +36,7 @@ class RunView:
     steps: list[int]
 
     def params_at(self, step: int) -> nnx.State:
-        if step not in self.steps:
-            checkpoints.check_step(self.workdir, step)  # raises, naming what exists
+        checkpoints.check_step(self.workdir, step, self.steps)
         _, abstract = nnx.split(checkpoints.abstract_model(self.config))
         with checkpoints.Checkpointer(self.workdir, read_only=True) as checkpointer:
             return checkpointer.restore_params(step, abstract)
@@ -71,7 +70,7 @@ def load_run(workdir: str | os.PathLike) -> RunView:
     workdir = Path(workdir)
     config = checkpoints.read_config(workdir)
     saved = checkpoints.available_steps(workdir)
-    checkpoints.check_step(workdir, None)
+    checkpoints.check_step(workdir, None, saved)
     host = data.load(config.data)
     program, state, member = train.init_run(config, host)
     dataset = data.to_device(host)

@@ -147,12 +147,9 @@ def read_config(workdir: str | os.PathLike) -> ConfigDict:
     config = config_schema.default_config()
     for name, default in config_schema.leaves(config_schema.default_config()):
         if name in saved:
-            *groups, field = name.split(".")
-            target = config
-            for group in groups:
-                target = target[group]
             value = saved[name]
-            target[field] = tuple(value) if isinstance(default, tuple) else value
+            value = tuple(value) if isinstance(default, tuple) else value
+            config_schema.set_field(config, name, value)
     return config
 
 
@@ -164,9 +161,12 @@ def available_steps(workdir: str | os.PathLike) -> list[int]:
         return checkpointer.all_steps()
 
 
-def check_step(workdir: str | os.PathLike, step: int | None) -> int:
-    """`step`, or the latest when None; a one-line error names the steps that exist."""
-    steps = available_steps(workdir)
+def check_step(
+    workdir: str | os.PathLike, step: int | None, steps: list[int] | None = None
+) -> int:
+    """`step`, or the latest when None; a one-line error names the steps that exist
+    (`steps`, when the caller has listed them already)."""
+    steps = available_steps(workdir) if steps is None else steps
     if not steps:
         raise UserError(f"{workdir}: no checkpoints (run mnist_jax.main on it first)")
     if step is None:

@@ -83,6 +83,28 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def set_field(config, name: str, value) -> None:
+    """`set_field(config, "optim.learning_rate", 0.1)`: a dotted name's field, set."""
+    *groups, field = name.split(".")
+    for group in groups:
+        config = config[group]
+    config[field] = value
+
+
+def with_sweep(config: ml_collections.ConfigDict, axes: dict[str, tuple]):
+    """Adds a `sweep` group with `axes` ({"optim.learning_rate": (...), ...}) as nested
+    fields, so each axis can be overridden from the command line."""
+    config.sweep = ml_collections.ConfigDict()
+    for name, values in axes.items():
+        target = config.sweep
+        for group in name.split(".")[:-1]:
+            if group not in target:
+                target[group] = ml_collections.ConfigDict()
+            target = target[group]
+        target[name.split(".")[-1]] = tuple(values)
+    return config
+
+
 def leaves(config, prefix=""):
     """(dotted name, value) of every field, depth first."""
     yield from _leaves(config, prefix)

@@ -163,6 +163,8 @@ class Program:
     ) -> dict[str, jax.Array]:
         """Validation and test scores, the validation confusion matrix (the notebook's)
         and test-set predictions, in one call."""
+        # Scored over the whole pool as `pool_scores` does, so the final validation
+        # numbers are exactly the last period's.
         pool_logits = self.logits(params, data.pool_x)
         val_logits, val_y = pool_logits[member.val_idx], data.pool_y[member.val_idx]
         test_logits = self.logits(params, data.test_x)

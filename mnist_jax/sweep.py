@@ -36,14 +36,6 @@ log = logging.getLogger(__name__)
 # changes shapes or static structure and so starts a new group.
 TRACED_FIELDS = ("seed", "optim.learning_rate", "optim.clip_norm")
 RESULT_KEYS = ("val/accuracy", "val/log_loss", "test/accuracy", "test/log_loss")
-SWEEP_FILES = (
-    "sweep.csv",
-    "sweep.md",
-    "sweep.png",
-    "best_config.py",
-    "best_config.json",
-)
-
 # Members per device trained at once: their params, Adagrad state and gradients
 # (~1 MB each) then stay in a CPU's L3 cache; more runs as further blocks.
 MAX_MEMBERS_PER_DEVICE = 16
@@ -53,11 +45,7 @@ _STATE_AXES = steps.TrainState(None, 0, 0)  # the step count is shared by all me
 
 def axes(config: ConfigDict) -> dict[str, tuple]:
     """The swept fields and their values, in the config's order."""
-    swept = (
-        dict(config_schema.leaves(config.get("sweep", ConfigDict())))
-        if "sweep" in config
-        else {}
-    )
+    swept = dict(config_schema.leaves(config.get("sweep", ConfigDict())))
     known = {name for name, _ in config_schema.leaves(config_schema.default_config())}
     for name, values in swept.items():
         if name not in known:
@@ -84,11 +72,7 @@ def expand(config: ConfigDict) -> list[tuple[dict, ConfigDict]]:
         member = ConfigDict(base.to_dict())
         hparams = dict(zip(grid, values, strict=True))
         for name, value in hparams.items():
-            *groups, field = name.split(".")
-            target = member
-            for group in groups:
-                target = target[group]
-            target[field] = value
+            config_schema.set_field(member, name, value)
         config_schema.validate(member)
         members.append((hparams, member))
     return members

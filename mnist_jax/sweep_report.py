@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from ml_collections import ConfigDict
 
 from mnist_jax import config_schema, plots, writers
 
@@ -67,7 +68,7 @@ def plot_sweep(summary: pd.DataFrame, settings: list[str]) -> Figure:
     return fig
 
 
-def best_config_source(config: dict, note: str) -> str:
+def best_config_source(config, note: str) -> str:
     lines = [
         f'"""{note}"""',
         "",
@@ -77,14 +78,8 @@ def best_config_source(config: dict, note: str) -> str:
         "def get_config(arg=None):",
         "    config = config_schema.default_config()",
     ]
-    for name, _ in config_schema.leaves(config_schema.default_config()):
-        *groups, field = name.split(".")
-        actual = config
-        for part in (*groups, field):
-            actual = actual[part]
-        if isinstance(actual, list):
-            actual = tuple(actual)
-        lines.append(f"    config.{name} = {actual!r}")
+    for name, value in config_schema.leaves(config):
+        lines.append(f"    config.{name} = {value!r}")
     lines.append('    return config_schema.smoke(config) if arg == "smoke" else config')
     return "\n".join(lines) + "\n"
 
@@ -107,27 +102,23 @@ def write(workdir: Path, config, members: list, rows: list[dict]) -> dict:
     settings = [n for n in names if n != SEED]
     plots.save(plot_sweep(summary, settings), workdir / "sweep.png")
 
-    best = summary.sort_values(
+    order = summary.sort_values(
         ["val_accuracy", "val_log_loss"], ascending=[False, True]
-    ).iloc[0]
-    best_setting = {n: _plain(best[n]) for n in settings}
-    first = next(
-        i
-        for i, (h, _) in enumerate(members)
-        if all(h[n] == best_setting[n] for n in settings)
     )
-    best_config = members[first][1].to_dict()
-    best_config["seed"] = config.seed
+    best = summary.loc[order.index[0]]
+    # The members' own values: a summary row holds them as floats (batch 100.0).
+    hparams, member_config = next(
+        (h, c) for h, c in members if all(h[n] == best[n] for n in settings)
+    )
+    best_setting = {n: hparams[n] for n in settings}
+    best_config = ConfigDict(member_config.to_dict())
+    best_config.seed = config.seed
     note = (
         f"Best setting of the sweep in {workdir}: {best_setting or 'the base config'}, "
         f"mean validation accuracy {best['val_accuracy']:.4f} over {int(best['seeds'])} "
         f"seed(s), test accuracy {best['test_accuracy']:.4f}.\n\n"
-        f"    python -m mnist_jax.main --config={workdir / 'best_config.py'} --workdir=/tmp/best\n"
+        f"    python -m mnist_jax.main --config={workdir / 'best_config.py'} --workdir=runs/best\n"
     )
     (workdir / "best_config.py").write_text(best_config_source(best_config, note))
-    writers.write_json(workdir / "best_config.json", best_config)
+    writers.write_json(workdir / "best_config.json", best_config.to_dict())
     return best_setting
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value

@@ -136,7 +136,8 @@ def resume(
             f"({type(e).__name__}); move it away to resume from an earlier one"
         ) from e
     log.info("Resuming from the checkpoint at step %d.", step)
-    state = steps.TrainState(jnp.asarray(step, jnp.int32), params, opt_state)
+    step = jax.device_put(jnp.int32(step), state.step.sharding)
+    state = steps.TrainState(step, params, opt_state)
     return state, metadata["history"], metadata["train_seconds"]
 
 
@@ -218,8 +219,6 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 writers.rewrite_metrics(workdir, history)
                 writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
             chunk = chunk_ready.result()
-            state_step = jax.device_put(state.step, replicated)
-            state = state._replace(step=state_step)
             run_info["startup_seconds"] = time.perf_counter() - start
 
             train_start = time.perf_counter()

@@ -23,12 +23,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON atomically: a reader sees the old file or the new one, never half."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes atomically: a reader sees the old file or the new one, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -41,10 +45,8 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
 def rewrite_metrics(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Replaces `metrics.jsonl` with `rows`, atomically. A resumed run starts from its
     checkpoint's history, so no period appears twice and none is lost."""
-    path = Path(workdir) / METRICS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-    os.replace(tmp, path)
+    lines = (json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    write_text(Path(workdir) / METRICS_FILE, "".join(lines))
 
 
 class MetricWriter:

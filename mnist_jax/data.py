@@ -17,9 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
-from mnist_jax import download, sources
+from mnist_jax import array_cache, download, sources
 from mnist_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -183,6 +182,13 @@ def _resolve_auto(path: str) -> tuple[str, str]:
     return "embedded", ""
 
 
+def _checked_sha256(*paths: Path) -> dict[str, str]:
+    """{path: sha256} of files that exist and are readable (else a `DataError`)."""
+    for path in paths:
+        sources.check_readable(path)
+    return {str(path): sources.sha256_file(path) for path in paths}
+
+
 def _take_pool(images, labels, where: str, num_examples: int, num_train: int):
     if len(labels) < num_examples:
         raise DataError(
@@ -199,21 +205,29 @@ def _take_pool(images, labels, where: str, num_examples: int, num_train: int):
 
 def _load_mlcc(folder: Path, num_examples: int, num_train: int) -> HostData:
     train_path, test_path = folder / sources.MLCC_TRAIN, folder / sources.MLCC_TEST
-    images, labels = sources.read_mlcc_csv(train_path, nrows=num_examples)
+    files = _checked_sha256(train_path, test_path)
+    images, labels = array_cache.read(
+        files[str(train_path)], sources.read_mlcc_csv, train_path, nrows=num_examples
+    )
     pool = _take_pool(images, labels, str(train_path), num_examples, num_train)
-    test = sources.read_mlcc_csv(test_path)
-    files = {str(p): sources.sha256_file(p) for p in (train_path, test_path)}
+    test = array_cache.read(files[str(test_path)], sources.read_mlcc_csv, test_path)
     return HostData(*pool, *test, source="mlcc", files=files, num_train=num_train)
 
 
 def _load_idx(folder: Path, num_examples: int, num_train: int) -> HostData:
     paths = {name: folder / file for name, file in sources.IDX_FILES.items()}
-    images, labels = sources.read_idx_pair(paths["train_images"], paths["train_labels"])
+    files = _checked_sha256(*paths.values())
+
+    def read_pair(split):
+        images, labels = paths[f"{split}_images"], paths[f"{split}_labels"]
+        digest = f"{files[str(images)]}+{files[str(labels)]}"
+        return array_cache.read(digest, sources.read_idx_pair, images, labels)
+
+    images, labels = read_pair("train")
     pool = _take_pool(
         images, labels, str(paths["train_images"]), num_examples, num_train
     )
-    test = sources.read_idx_pair(paths["test_images"], paths["test_labels"])
-    files = {str(p): sources.sha256_file(p) for p in paths.values()}
+    test = read_pair("test")
     return HostData(*pool, *test, source="idx", files=files, num_train=num_train)
 
 
@@ -228,9 +242,9 @@ def _load_embedded(num_examples: int, num_train: int) -> HostData:
             f"data.num_examples={num_examples}"
         )
     path = Path(mnist.DATA_PATH)
-    frame = pd.read_csv(path, header=None)
-    images, labels = sources.check_examples(
-        frame.to_numpy()[:, :-1], frame.to_numpy()[:, -1], str(path), label_column=784
+    files = _checked_sha256(path)
+    images, labels = array_cache.read(
+        files[str(path)], sources.read_label_last_csv, path
     )
     rng = np.random.default_rng(0)
     is_test = np.zeros(len(labels), bool)
@@ -255,6 +269,6 @@ def _load_embedded(num_examples: int, num_train: int) -> HostData:
         images[is_test],
         labels[is_test],
         source="embedded",
-        files={str(path): sources.sha256_file(path)},
+        files=files,
         num_train=pool_train,
     )

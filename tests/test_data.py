@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from mnist_jax import data, sources
+from mnist_jax import array_cache, data, sources
 from mnist_jax.errors import ConfigError, DataError
 
 
@@ -216,3 +216,67 @@ def test_device_dataset_is_scaled():
     assert isinstance(dataset.pool_x, jax.Array) and dataset.pool_x.dtype == np.float32
     np.testing.assert_allclose(dataset.pool_x, host.pool_images / 255.0, rtol=1e-6)
     assert float(dataset.test_x.max()) <= 1.0
+
+
+def _parse_count(monkeypatch):
+    """Counts how often pandas parses a CSV (the work the cache saves)."""
+    import pandas as pd
+
+    calls = []
+    read_csv = pd.read_csv
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return read_csv(*args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", counting)
+    return calls
+
+
+def test_parsed_arrays_are_cached_by_file_content(tmp_path, monkeypatch):
+    folder, images, labels = write_mlcc_dir(tmp_path / "mlcc")
+    config = _data_config(path=str(folder))
+    calls = _parse_count(monkeypatch)
+    first = data.load(config)
+    assert len(calls) == 2  # train and test parsed once
+    second = data.load(config)
+    assert len(calls) == 2  # ... and read back from the cache afterwards
+    assert second.fingerprint() == first.fingerprint()
+    np.testing.assert_array_equal(second.pool_images, images[:30])
+
+    # An edited file is a new entry: its new contents are parsed, never the stale ones.
+    edited = images.copy()
+    edited[0, 300] = 7
+    write_mlcc_csv(folder / sources.MLCC_TRAIN, edited[:40], labels[:40])
+    third = data.load(config)
+    assert len(calls) == 3 and third.pool_images[0, 300] == 7
+
+
+def test_damaged_or_unwritable_cache_only_costs_a_parse(tmp_path, monkeypatch):
+    folder, images, _ = write_mlcc_dir(tmp_path / "mlcc")
+    config = _data_config(path=str(folder))
+    calls = _parse_count(monkeypatch)
+    cache = array_cache.entry_path("", "").parent
+    before = set(cache.glob("*.npz"))  # the embedded sample's, from write_mlcc_dir
+    reference = data.load(config).fingerprint()
+    entries = set(cache.glob("*.npz")) - before
+    assert len(entries) == 2
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:100])  # truncated
+    assert data.load(config).fingerprint() == reference
+    assert len(calls) == 4  # both parsed again, and the entries rewritten
+    assert data.load(config).fingerprint() == reference and len(calls) == 4
+
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("MNIST_JAX_CACHE", str(blocked))
+    assert data.load(config).fingerprint() == reference
+
+
+def test_bad_files_are_reported_not_cached(tmp_path):
+    folder, _, _ = write_mlcc_dir(tmp_path / "mlcc")
+    train = folder / sources.MLCC_TRAIN
+    train.write_text(train.read_text().replace(",", ",x", 1))
+    for _ in range(2):  # the second attempt fails the same way: nothing was cached
+        with pytest.raises(DataError, match="non-numeric cell"):
+            data.load(_data_config(path=str(folder)))

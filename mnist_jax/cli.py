@@ -6,6 +6,7 @@ stderr and exit code 2; `--debug` or `MNIST_JAX_DEBUG=1` shows the traceback ins
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -94,8 +95,20 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"cannot load --config: {type(e).__name__}: {e}")
 
 
+def exit_without_teardown(code: int = 0) -> None:
+    """Ends a finished program the quick way: runs the atexit handlers (JAX's multi-host
+    shutdown, logging's flushes) but skips the interpreter's teardown of ~2,000 modules
+    and XLA's static destructors, ~0.5 s of a 5 s run. Call it only once every file the
+    program wrote is closed."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-    """`absl.app.run(main)` with one-line user errors and quiet library logs."""
+    """`absl.app.run(main)` with one-line user errors, quiet library logs and a quick
+    exit."""
 
     def guarded(argv):
         if len(argv) > 1:
@@ -117,5 +130,6 @@ def run(main: Callable[[list[str]], None]) -> None:
         except Interrupted as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
+        exit_without_teardown(0)
 
     app.run(guarded, flags_parser=parse_flags)

@@ -174,7 +174,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         jax.eval_shape(init, *init_args), replicated
     )
     with ThreadPoolExecutor(max_workers=1) as compiler:
-        # The training program compiles (GIL released) while the data loads.
+        # Initialisation and then the training program compile (GIL released) while
+        # the data loads.
+        init_ready = compilation.compile_async(
+            compiler,
+            jax.jit(init, out_shardings=replicated),
+            *init_args,
+            options=compilation.RUN_ONCE_OPTIONS,
+        )
         chunk_ready = compilation.compile_async(
             compiler,
             jax.jit(program.chunk, donate_argnums=0),
@@ -188,7 +195,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         # Only now that config and data are known good does the workdir get touched.
         workdir = workdir_lib.prepare(workdir)
         dataset = data.to_device(host, replicated)
-        state, member = compilation.run_once(init, *init_args, out_shardings=replicated)
+        state, member = init_ready.result()(*init_args)
         final_ready = compilation.compile_async(
             compiler,
             jax.jit(program.final_evaluation),

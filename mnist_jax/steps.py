@@ -158,6 +158,15 @@ class Program:
         state, nonfinite = self.train_steps(state, num_steps, data, member)
         return state, jax.lax.cond(evaluate, scores, skipped, state.params), nonfinite
 
+    def test_scores(self, params, data: Dataset) -> dict[str, jax.Array]:
+        """Test log loss and accuracy alone: all a sweep member adds at its end (its
+        validation numbers are its last period's)."""
+        logits = self.logits(params, data.test_x)
+        return {
+            "test/log_loss": metrics.log_loss(logits, data.test_y),
+            "test/accuracy": metrics.accuracy(logits, data.test_y),
+        }
+
     def final_evaluation(
         self, params, data: Dataset, member: Member
     ) -> dict[str, jax.Array]:

@@ -19,13 +19,16 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from mnist_jax import config_schema, data, schedule, steps, train, writers
+from mnist_jax import compilation, config_schema, data, schedule, steps, train, writers
 from mnist_jax import mesh as mesh_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError
@@ -95,6 +98,57 @@ def block_layout(num_members: int, num_shards: int) -> tuple[int, int]:
     return blocks, math.ceil(per_device / blocks) * num_shards
 
 
+class GroupPrograms(NamedTuple):
+    """A group's programs, each `jax.vmap` of a single run's, members sharded over the
+    mesh's `members` axis: what `run_group` runs and the benchmark times."""
+
+    init: Callable  # (seeds, learning rates, clip norms) -> (TrainState, Member)
+    chunk: Callable  # as steps.Program.chunk, for a block of members (state donated)
+    test: Callable  # as steps.Program.test_scores
+
+
+def group_programs(
+    config: ConfigDict, num_pool: int, num_train: int, device_mesh: Mesh
+) -> GroupPrograms:
+    replicated = mesh_lib.replicated(device_mesh)
+    by_member = NamedSharding(device_mesh, PartitionSpec(mesh_lib.MEMBERS))
+    program = train.make_program(config, device_mesh)
+    vmapped = functools.partial(jax.vmap, spmd_axis_name=mesh_lib.MEMBERS)
+    init = vmapped(
+        train.make_init(config, num_pool, num_train, program),
+        out_axes=(_STATE_AXES, _MEMBER_AXES),
+    )
+    chunk = vmapped(
+        program.chunk,
+        in_axes=(_STATE_AXES, None, None, None, _MEMBER_AXES),
+        out_axes=(_STATE_AXES, 0, 0),
+    )
+    return GroupPrograms(
+        init=jax.jit(
+            init,
+            out_shardings=(
+                steps.TrainState(replicated, by_member, by_member),
+                by_member,
+            ),
+            compiler_options=compilation.RUN_ONCE_OPTIONS,
+        ),
+        chunk=jax.jit(chunk, donate_argnums=0),
+        test=jax.jit(
+            vmapped(program.test_scores, in_axes=(0, None)),
+            compiler_options=compilation.RUN_ONCE_OPTIONS,
+        ),
+    )
+
+
+def member_arrays(configs: list[ConfigDict]) -> tuple[jax.Array, ...]:
+    """`GroupPrograms.init`'s arguments for a block of member configs."""
+    return (
+        jnp.asarray([c.seed for c in configs], jnp.int32),
+        jnp.asarray([c.optim.learning_rate for c in configs], jnp.float32),
+        jnp.asarray([c.optim.clip_norm for c in configs], jnp.float32),
+    )
+
+
 def run_group(
     configs: list[ConfigDict],
     host: data.HostData,
@@ -108,54 +162,54 @@ def run_group(
     num_real = len(configs)
     blocks, size = block_layout(num_real, device_mesh.shape[mesh_lib.MEMBERS])
     configs = configs + [configs[-1]] * (blocks * size - num_real)
-    replicated = mesh_lib.replicated(device_mesh)
-    by_member = NamedSharding(device_mesh, PartitionSpec(mesh_lib.MEMBERS))
-    program = train.make_program(config, device_mesh)
-    vmapped = functools.partial(jax.vmap, spmd_axis_name=mesh_lib.MEMBERS)
-    init = vmapped(
-        train.make_init(config, len(host.pool_labels), host.num_train, program),
-        out_axes=(_STATE_AXES, _MEMBER_AXES),
+    programs = group_programs(
+        config, len(host.pool_labels), host.num_train, device_mesh
     )
-    init = jax.jit(
-        init,
-        out_shardings=(steps.TrainState(replicated, by_member, by_member), by_member),
-    )
-    chunk = vmapped(
-        program.chunk,
-        in_axes=(_STATE_AXES, None, None, None, _MEMBER_AXES),
-        out_axes=(_STATE_AXES, 0, 0),
-    )
-    chunk = jax.jit(chunk, donate_argnums=0)
-    final = jax.jit(vmapped(program.final_evaluation, in_axes=(0, None, _MEMBER_AXES)))
     pool = dataset.without_test()  # training programs never see the test set
+    state_spec, member_spec = jax.eval_shape(
+        programs.init, *member_arrays(configs[:size])
+    )
+    flags = mesh_lib.specs(
+        (jnp.int32(0), jnp.bool_(True)), mesh_lib.replicated(device_mesh)
+    )
     results = []
-    for block in range(blocks):
-        block_configs = configs[block * size : (block + 1) * size]
-        state, member = init(
-            jnp.asarray([c.seed for c in block_configs], jnp.int32),
-            jnp.asarray([c.optim.learning_rate for c in block_configs], jnp.float32),
-            jnp.asarray([c.optim.clip_norm for c in block_configs], jnp.float32),
+    with ThreadPoolExecutor(max_workers=1) as compiler:
+        # The training program compiles while the first block initialises, the test
+        # scoring while it trains.
+        chunk_ready = compilation.compile_async(
+            compiler, programs.chunk, state_spec, *flags, pool, member_spec
         )
-        histories = [[] for _ in block_configs]
-        done = 0
-        for end in schedule.period_ends(
-            config.train.num_steps, config.train.num_periods
-        ):
-            # A diverging member is not stopped: its numbers come out NaN in the table.
-            state, scores, _ = chunk(
-                state, jnp.int32(end - done), jnp.bool_(True), pool, member
-            )
-            done = end
-            scores = mesh_lib.to_host(scores)
-            for i, history in enumerate(histories):
-                history.append(
-                    {"step": end, **{k: float(v[i]) for k, v in scores.items()}}
+        test_ready = compilation.compile_async(
+            compiler, programs.test, state_spec.params, dataset
+        )
+        for block in range(blocks):
+            block_configs = configs[block * size : (block + 1) * size]
+            state, member = programs.init(*member_arrays(block_configs))
+            histories = [[] for _ in block_configs]
+            done = 0
+            for end in schedule.period_ends(
+                config.train.num_steps, config.train.num_periods
+            ):
+                # A diverging member is not stopped: its numbers come out NaN.
+                state, scores, _ = chunk_ready.result()(
+                    state, jnp.int32(end - done), jnp.bool_(True), pool, member
                 )
-        scores = mesh_lib.to_host(final(state.params, dataset, member))
-        results += [
-            {**{k: float(scores[k][i]) for k in RESULT_KEYS}, "history": histories[i]}
-            for i in range(len(block_configs))
-        ]
+                done = end
+                scores = mesh_lib.to_host(scores)
+                for i, history in enumerate(histories):
+                    history.append(
+                        {"step": end, **{k: float(v[i]) for k, v in scores.items()}}
+                    )
+            test = mesh_lib.to_host(test_ready.result()(state.params, dataset))
+            results += [
+                {
+                    "val/accuracy": history[-1]["val/accuracy"],
+                    "val/log_loss": history[-1]["val/log_loss"],
+                    **{k: float(v[i]) for k, v in test.items()},
+                    "history": history,
+                }
+                for i, history in enumerate(histories)
+            ]
     return results[:num_real]
 
 
@@ -206,10 +260,23 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def use_cpu_cores(num_devices: int | None = None) -> None:
+    """Splits the CPU backend into `num_devices` JAX devices (default: one per core the
+    process may use) before JAX starts. One CPU device runs a program's small ops on
+    one core; a sweep's members shard over devices, so this puts every core to work.
+    Leaves an `XLA_FLAGS` device count alone; does nothing to a GPU or TPU backend."""
+    if num_devices is None:
+        if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+            return
+        num_devices = len(os.sched_getaffinity(0))
+    jax.config.update("jax_num_cpu_devices", num_devices)
+
+
 def main(argv) -> None:
     del argv
     from absl import flags
 
+    use_cpu_cores(flags.FLAGS.cpu_devices)
     run_sweep(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
@@ -223,5 +290,12 @@ if __name__ == "__main__":
         "config", None, "Sweep config file.", lock_config=True
     )
     flags.DEFINE_string("workdir", None, "Where the sweep writes its files.")
+    flags.DEFINE_integer(
+        "cpu_devices",
+        None,
+        "JAX devices to split a CPU host into (members shard over them). "
+        "Default: one per core, unless XLA_FLAGS sets a device count.",
+        lower_bound=1,
+    )
     flags.mark_flags_as_required(["config", "workdir"])
     cli.run(main)

@@ -7,9 +7,10 @@ one machine at one moment; compare the ratios, which this run measures together.
 Measures, on the MLP of `configs/mlp.py` (batch 30):
 - single-model training, microseconds per step: the fused path (`steps.Program`, one
   compiled loop) and a plain loop calling a jitted step from Python each step;
-- sweeps: model-steps per second for 1, 16 and 64 vmapped members, and the achieved
-  model GFLOP/s (6 x batch x params per step) against float32 matmul throughput
-  measured here and now;
+- sweeps: model-steps per second for 1, 16 (4 learning rates x 4 seeds) and 64
+  (16 x 4) members, trained by the sweep's own programs with one JAX device per core,
+  as `python -m mnist_jax.sweep` does; and the achieved model GFLOP/s (6 x batch x
+  params per step) against the float32 matmul throughput measured here and now;
 - whole processes: `python -m mnist_jax.main --config=configs/mlp.py` (JAX import
   included) and 16- and 64-member sweeps (1000 steps, 10 periods), wall time and peak
   RSS, and the sweeps' wall time as a multiple of the single run's.
@@ -29,8 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import flags
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mnist_jax import cli, config_schema, data, optim, steps, train, writers
+from mnist_jax import cli, config_schema, data, optim, sweep, train, writers
+from mnist_jax import mesh as mesh_lib
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", "../shared/data/mnist", "Notebook data folder."
@@ -52,11 +55,21 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def matmul_gflops(repeats: int, n: int = 2048) -> float:
+    """The machine's float32 matmul throughput: the better of one device's matmul (XLA
+    spreads it over the cores) and one matmul on every device at once."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
     matmul = jax.jit(lambda x: x @ x)
     jax.block_until_ready(matmul(a))
-    seconds = median_seconds(lambda: [matmul(a) for _ in range(10)][-1], repeats) / 10
-    return 2 * n**3 / seconds / 1e9
+    one = median_seconds(lambda: [matmul(a) for _ in range(10)][-1], repeats) / 10
+    devices = jax.devices()
+    stacked = jax.device_put(
+        jnp.stack([a] * len(devices)),
+        NamedSharding(Mesh(np.asarray(devices), ("d",)), PartitionSpec("d")),
+    )
+    matmuls = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x))
+    jax.block_until_ready(matmuls(stacked))
+    every = median_seconds(lambda: [matmuls(stacked) for _ in range(10)][-1], repeats)
+    return 2 * n**3 * max(1 / one, len(devices) * 10 / every) / 1e9
 
 
 def plain_loop_seconds(
@@ -92,34 +105,44 @@ def plain_loop_seconds(
     return median_seconds(run, repeats)
 
 
-def stacked(tree, num):
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (num, *x.shape)), tree)
+def grid(num_lrs: int, num_seeds: int) -> tuple[np.ndarray, range]:
+    """The benchmark's sweep grids: learning rates 0.01..0.3 (log-spaced) x seeds."""
+    return np.geomspace(0.01, 0.3, num_lrs), range(num_seeds)
 
 
-def sweep_seconds(
-    program, state, dataset, member, num_members, num_steps, repeats
-) -> float:
-    members = stacked(member, num_members)
-    members = members._replace(
-        key=jax.random.split(jax.random.key(0), num_members),
-        learning_rate=jnp.linspace(0.01, 0.1, num_members),
+def sweep_seconds(config, host, num_lrs, num_seeds, num_steps, repeats) -> float:
+    """Training time of a learning-rate x seed grid run as `mnist_jax.sweep` runs it:
+    its programs, its blocks one after another, its members sharded over every device.
+    Evaluation is left out (the process timings below include it)."""
+    learning_rates, seeds = grid(num_lrs, num_seeds)
+    configs = []
+    for seed in seeds:
+        for learning_rate in learning_rates:
+            member = config_schema.default_config()
+            member.seed, member.optim.learning_rate = seed, float(learning_rate)
+            configs.append(member)
+    device_mesh = mesh_lib.make_sweep_mesh(())
+    blocks, size = sweep.block_layout(len(configs), device_mesh.shape["members"])
+    configs += [configs[-1]] * (blocks * size - len(configs))
+    pool = data.to_device(host, mesh_lib.replicated(device_mesh)).without_test()
+    programs = sweep.group_programs(
+        config, len(host.pool_labels), host.num_train, device_mesh
     )
-    states = steps.TrainState(
-        state.step,
-        stacked(state.params, num_members),
-        stacked(state.opt_state, num_members),
-    )
-    fn = jax.jit(
-        jax.vmap(
-            program.train_steps,
-            in_axes=(steps.TrainState(None, 0, 0), None, None, 0),
-            out_axes=(steps.TrainState(None, 0, 0), 0),
-        )
-    )
-    jax.block_until_ready(fn(states, jnp.int32(1), dataset, members))
-    return median_seconds(
-        lambda: fn(states, jnp.int32(num_steps), dataset, members), repeats
-    )
+    runs = [
+        programs.init(*sweep.member_arrays(configs[b * size : (b + 1) * size]))
+        for b in range(blocks)
+    ]
+
+    def train(num):  # the state is donated, so each call continues from the last
+        for b, (state, member) in enumerate(runs):
+            state, _, _ = programs.chunk(
+                state, jnp.int32(num), jnp.bool_(False), pool, member
+            )
+            runs[b] = state, member
+        return [state for state, _ in runs]
+
+    jax.block_until_ready(train(1))
+    return median_seconds(lambda: train(num_steps), repeats)
 
 
 def process(args: list[str]) -> dict:
@@ -141,8 +164,9 @@ def process(args: list[str]) -> dict:
 
 
 def sweep_args(workdir, num_lrs, num_seeds) -> list[str]:
-    lrs = ",".join(f"{x:.4f}" for x in np.geomspace(0.01, 0.3, num_lrs))
-    seeds = ",".join(map(str, range(num_seeds)))
+    learning_rates, seeds = grid(num_lrs, num_seeds)
+    lrs = ",".join(f"{x:.4f}" for x in learning_rates)
+    seeds = ",".join(map(str, seeds))
     return [
         "-m",
         "mnist_jax.sweep",
@@ -156,6 +180,7 @@ def sweep_args(workdir, num_lrs, num_seeds) -> list[str]:
 
 
 def main(argv) -> None:
+    sweep.use_cpu_cores()  # as `python -m mnist_jax.sweep` does; single runs use one
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     num_steps, repeats = _STEPS.value, _REPEATS.value
@@ -177,8 +202,8 @@ def main(argv) -> None:
     )
     peak = matmul_gflops(repeats)
     sweeps = {}
-    for m in (1, 16, 64):
-        seconds = sweep_seconds(program, state, dataset, member, m, num_steps, repeats)
+    for m, (num_lrs, num_seeds) in {1: (1, 1), 16: (4, 4), 64: (16, 4)}.items():
+        seconds = sweep_seconds(config, host, num_lrs, num_seeds, num_steps, repeats)
         gflops = flops_per_step * m * num_steps / seconds / 1e9
         sweeps[m] = {
             "seconds": seconds,

@@ -106,11 +106,13 @@ def test_no_axes_is_one_member():
 
 
 def test_block_layout():
-    assert sweep.block_layout(64, 1) == (4, 16)
-    assert sweep.block_layout(45, 1) == (3, 15)
+    per_device = sweep.MAX_MEMBERS_PER_DEVICE  # 8
+    assert sweep.block_layout(64, 1) == (8, 8)
+    assert sweep.block_layout(45, 1) == (6, 8)  # 48 slots, 3 padded
+    assert sweep.block_layout(64, 2) == (4, 16)
     assert sweep.block_layout(64, 8) == (1, 64)
     blocks, size = sweep.block_layout(200, 8)
-    assert blocks * size >= 200 and size % 8 == 0 and size // 8 <= 16
+    assert blocks * size >= 200 and size % 8 == 0 and size // 8 <= per_device
 
 
 def test_blocks_give_the_same_members(smoke_sweep, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ Measures, on the MLP of `configs/mlp.py` (batch 30):
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,21 +147,29 @@ def sweep_seconds(config, host, num_lrs, num_seeds, num_steps, repeats) -> float
 
 
 def process(args: list[str]) -> dict:
-    """Wall time and peak RSS of a fresh Python process (JAX import included)."""
-    start = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if status:
-        raise RuntimeError(stderr[-2000:])
-    return {"wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+    """Wall time and peak RSS of a fresh Python process (JAX import included).
+
+    The peak RSS comes from `/usr/bin/time` where there is one: the kernel's count for
+    a child forked straight from this large process would include this process's pages.
+    """
+    timer = shutil.which("time") or "/usr/bin/time"
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        prefix = [timer, "-f", "%M", "-o", rss.name] if os.path.exists(timer) else []
+        start = time.perf_counter()
+        child = subprocess.Popen(
+            [*prefix, sys.executable, *args],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        stderr = child.stderr.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - start
+        if status:
+            raise RuntimeError(stderr[-2000:])
+        peak_kb = int(rss.read().split()[-1]) if prefix else usage.ru_maxrss
+    return {"wall_seconds": wall, "peak_rss_mb": peak_kb / 1024}
 
 
 def sweep_args(workdir, num_lrs, num_seeds) -> list[str]:

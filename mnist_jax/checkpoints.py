@@ -13,10 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import orbax.checkpoint as ocp
 from flax import nnx
 from ml_collections import ConfigDict
-from orbax.checkpoint import checkpoint_managers
 
 from mnist_jax import config_schema, mesh, models
 from mnist_jax.errors import UserError
@@ -60,6 +58,14 @@ def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
         )
 
 
+def _orbax():
+    """Orbax, imported when first used: a run then spends those ~0.2 s while its
+    programs compile, not before they can start compiling."""
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
 class Checkpointer:
     """One Orbax `CheckpointManager`; use as a context manager so pending async saves
     are waited for on every exit path (Orbax drops a save the process exits during)."""
@@ -67,11 +73,10 @@ class Checkpointer:
     def __init__(self, workdir: str | os.PathLike, keep_steps=(), *, read_only=False):
         """`read_only` opens existing checkpoints for reading: nothing is created or
         cleaned up (and no Orbax read-only warnings)."""
-        policy = checkpoint_managers.AnyPreservationPolicy(
-            [
-                checkpoint_managers.LatestN(1),
-                checkpoint_managers.CustomSteps(list(keep_steps)),
-            ]
+        ocp = _orbax()
+        managers = ocp.checkpoint_managers
+        policy = managers.AnyPreservationPolicy(
+            [managers.LatestN(1), managers.CustomSteps(list(keep_steps))]
         )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=None if read_only else policy,
@@ -79,6 +84,7 @@ class Checkpointer:
             cleanup_tmp_directories=not read_only,
         )
         self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        self._args = ocp.args
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=ITEMS
         )
@@ -95,10 +101,10 @@ class Checkpointer:
         params, opt_state = mesh.to_host((state.params, state.opt_state))
         self._manager.save(
             step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                metadata=ocp.args.JsonSave(metadata),
+            args=self._args.Composite(
+                params=self._args.StandardSave(params),
+                opt_state=self._args.StandardSave(opt_state),
+                metadata=self._args.JsonSave(metadata),
             ),
         )
 
@@ -106,10 +112,10 @@ class Checkpointer:
         """(params, opt_state, metadata) at `step`, shaped like `abstract_state`."""
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_state.params),
-                opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
-                metadata=ocp.args.JsonRestore(),
+            args=self._args.Composite(
+                params=self._args.StandardRestore(abstract_state.params),
+                opt_state=self._args.StandardRestore(abstract_state.opt_state),
+                metadata=self._args.JsonRestore(),
             ),
         )
         return restored.params, restored.opt_state, restored.metadata
@@ -117,13 +123,15 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_params):
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)),
+            args=self._args.Composite(
+                params=self._args.StandardRestore(abstract_params)
+            ),
         )
         return restored.params
 
     def restore_metadata(self, step: int) -> dict:
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
+            step, args=self._args.Composite(metadata=self._args.JsonRestore())
         )
         return restored.metadata
 

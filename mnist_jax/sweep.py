@@ -174,10 +174,11 @@ def run_group(
     flags = mesh_lib.specs(
         (jnp.int32(0), jnp.bool_(True)), mesh_lib.replicated(device_mesh)
     )
-    pending = []
+    period_ends = schedule.period_ends(config.train.num_steps, config.train.num_periods)
+    pending = []  # per block: (each period's scores, test scores), still on device
     with ThreadPoolExecutor(max_workers=1) as compiler:
-        # The training program compiles while the first block initialises, the test
-        # scoring while it trains.
+        # The training and test programs compile on a second thread while this one
+        # initialises the first block.
         chunk_ready = compilation.compile_async(
             compiler, programs.chunk, state_spec, *flags, pool, member_spec
         )
@@ -191,14 +192,12 @@ def run_group(
                 *member_arrays(configs[block * size : (block + 1) * size])
             )
             periods, done = [], 0
-            for end in schedule.period_ends(
-                config.train.num_steps, config.train.num_periods
-            ):
+            for end in period_ends:
                 # A diverging member is not stopped: its numbers come out NaN.
                 state, scores, _ = chunk_ready.result()(
                     state, jnp.int32(end - done), jnp.bool_(True), pool, member
                 )
-                periods.append((end, scores))
+                periods.append(scores)
                 done = end
             pending.append((periods, test_ready.result()(state.params, dataset)))
     results = []
@@ -206,7 +205,7 @@ def run_group(
         for i in range(size):
             history = [
                 {"step": end, **{k: float(v[i]) for k, v in scores.items()}}
-                for end, scores in periods
+                for end, scores in zip(period_ends, periods, strict=True)
             ]
             results.append(
                 {

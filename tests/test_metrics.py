@@ -51,3 +51,14 @@ def test_normalize_rows_leaves_absent_classes_at_zero():
     normalized = metrics.normalize_rows(counts)
     assert normalized[3, 4] == 1.0
     assert float(normalized.sum()) == 1.0
+
+
+def test_normalize_rows_keeps_numpy_on_the_host():
+    counts = np.random.default_rng(0).integers(0, 50, (10, 10))
+    counts[5] = 0
+    on_host = metrics.normalize_rows(counts)
+    assert isinstance(on_host, np.ndarray)
+    np.testing.assert_allclose(
+        on_host, metrics.normalize_rows(jnp.asarray(counts)), rtol=1e-6
+    )
+    assert not on_host[5].any()

@@ -7,7 +7,9 @@
 45 members in 3 groups (one per batch size). `configs/sweep_linear.py:smoke` is the
 test variant.
 
-Best found on the notebook data (see the README's sweep section for the table).
+Best found on the notebook data (mean of 3 seeds): learning rate 0.03, batch 100,
+validation accuracy 0.9099, test accuracy 0.9112. The notebook's batch 30 gives 0.903
+validation. Full table: the README's sweep section.
 """
 
 from mnist_jax import config_schema

@@ -8,7 +8,10 @@ in one compiled program. Axes are tuples, overridable from the command line, e.g
 `--config.sweep.optim.learning_rate='(0.03, 0.1)'`; `configs/sweep_mlp.py:smoke` is
 a few-second variant for tests.
 
-Best found on the notebook data (see the README's sweep section for the table).
+Best found on the notebook data (mean of 3 seeds): learning rate 0.05, batch 100,
+validation accuracy 0.9547, test accuracy 0.9572 (one CPU device per core; on a
+single device 0.9567 / 0.9591). The notebook's batch 30 gives 0.947 validation. Full
+table: the README's sweep section.
 """
 
 from mnist_jax import config_schema

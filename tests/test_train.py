@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import linear, mlp
-from mnist_jax import data, schedule, train, writers
+from mnist_jax import checkpoints, data, schedule, train, writers
 from tests.conftest import REPO
 
 RESULT_KEYS = {
@@ -127,14 +127,32 @@ def test_period_ends_cover_the_run():
     assert schedule.period_ends(25, 4) == [6, 12, 19, 25]
 
 
-def _run_main(*args, tmp_path):
-    return subprocess.run(
-        [sys.executable, "-m", "mnist_jax.main", *args],
+def test_cli_run_leaves_everything_written_after_its_quick_exit(tmp_path):
+    """The CLI skips the interpreter's teardown (`os._exit`): the last async checkpoint,
+    the log file and every output must already be complete when it does."""
+    workdir = tmp_path / "w"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnist_jax.main",
+            "--config=configs/mlp.py:smoke",
+            f"--workdir={workdir}",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
+    assert result.returncode == 0, result.stderr
+    assert checkpoints.available_steps(workdir) == [5, 10, 20]
+    restored = checkpoints.restore_model(workdir, 20)  # the final save, whole
+    assert restored.first_layer_kernel.shape == (784, 100)
+    assert "Validation accuracy" in (workdir / "train.log").read_text().splitlines()[-1]
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((workdir / "results.json").read_text())["num_steps"] == 20
+    for figure in ("log_loss", "confusion_matrix", "examples", "first_layer_weights"):
+        assert (workdir / f"{figure}.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

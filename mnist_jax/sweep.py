@@ -156,10 +156,14 @@ def run_group(
     host: data.HostData,
     dataset: data.Dataset,
     device_mesh: Mesh,
+    while_compiling: Callable[[], object] | None = None,
 ) -> list[dict]:
     """Trains same-shaped members together, the member axis sharded over the mesh's
     `members` axis, in blocks that run one after another (padded with copies of the
-    last member, whose results are dropped); returns each member's results."""
+    last member, whose results are dropped); returns each member's results.
+
+    `while_compiling` runs on this thread while the training program compiles on
+    another, time that thread would otherwise spend waiting."""
     config = configs[0]
     num_real = len(configs)
     blocks, size = block_layout(num_real, device_mesh.shape[mesh_lib.MEMBERS])
@@ -185,6 +189,8 @@ def run_group(
         test_ready = compilation.compile_async(
             compiler, programs.test, state_spec.params, dataset
         )
+        if while_compiling is not None:
+            while_compiling()
         # Every block's work is dispatched without waiting for results: the device
         # runs chunk after chunk, block after block, and the host reads all at the end.
         for block in range(blocks):
@@ -218,13 +224,13 @@ def run_group(
     return results[:num_real]
 
 
+def load_report():
+    return importlib.import_module("mnist_jax.sweep_report")
+
+
 def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     """Trains every member of the grid into one workdir's tables and figures."""
     start = time.perf_counter()
-    # pandas and matplotlib (~1 s) import while the members train.
-    report = ThreadPoolExecutor(max_workers=1).submit(
-        importlib.import_module, "mnist_jax.sweep_report"
-    )
     members = expand(config)
     base = members[0][1]
     host = data.load(base.data)
@@ -242,7 +248,12 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
     for n, indices in enumerate(groups.values()):
         group_start = time.perf_counter()
         results = run_group(
-            [members[i][1] for i in indices], host, dataset, device_mesh
+            [members[i][1] for i in indices],
+            host,
+            dataset,
+            device_mesh,
+            # pandas and matplotlib (~1 s) import while the first group compiles.
+            while_compiling=load_report if n == 0 else None,
         )
         for i, result in zip(indices, results, strict=True):
             rows[i] = {"member": i, **members[i][0], **result}
@@ -254,7 +265,7 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
             time.perf_counter() - group_start,
         )
 
-    report.result().write(workdir, config, members, rows)
+    load_report().write(workdir, config, members, rows)
     run_info = {
         "data": host.fingerprint(),
         **workdir_lib.environment(),

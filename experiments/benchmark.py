@@ -33,6 +33,7 @@ import numpy as np
 import optax
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
 
 from mnist_jax import cli, config_schema, data, optim, sweep, train, writers
 from mnist_jax import mesh as mesh_lib
@@ -117,12 +118,14 @@ def sweep_seconds(config, host, num_lrs, num_seeds, num_steps, repeats) -> float
     its programs, its blocks one after another, its members sharded over every device.
     Evaluation is left out (the process timings below include it)."""
     learning_rates, seeds = grid(num_lrs, num_seeds)
-    configs = []
-    for seed in seeds:
-        for learning_rate in learning_rates:
-            member = config_schema.default_config()
-            member.seed, member.optim.learning_rate = seed, float(learning_rate)
-            configs.append(member)
+    grid_config = config_schema.with_sweep(
+        ConfigDict(config.to_dict()),
+        {
+            "seed": tuple(seeds),
+            "optim.learning_rate": tuple(map(float, learning_rates)),
+        },
+    )
+    configs = [member for _, member in sweep.expand(grid_config)]
     device_mesh = mesh_lib.make_sweep_mesh(())
     blocks, size = sweep.block_layout(len(configs), device_mesh.shape["members"])
     configs += [configs[-1]] * (blocks * size - len(configs))

@@ -2,6 +2,8 @@
 (N, 1) vs (N,) label bugs), no test touches the user's cache, figures draw headless."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -36,3 +38,16 @@ def mnist_dir() -> Path:
             f"real MNIST not found: set MNIST_JAX_DATA_DIR or provide {SHARED_MNIST}"
         )
     return folder
+
+
+def run_module(module: str, *args: str, timeout: float = 120, **kwargs):
+    """`python -m module args...` from the repository root, output captured: how the
+    tests run the command lines the way a user does."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )

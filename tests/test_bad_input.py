@@ -5,15 +5,13 @@ real command line for a sample (exit code 2, one line, no traceback)."""
 
 import gzip
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from configs import mlp
 from mnist_jax import sources, train
 from mnist_jax.errors import UserError
-from tests.conftest import REPO
+from tests.conftest import run_module
 from tests.test_data import _idx_bytes, write_idx_dir, write_mlcc_dir
 
 
@@ -259,38 +257,20 @@ def test_cli_bad_input_exit_2_no_traceback(workdir, tmp_path, args, message):
         tmp_path, mlp.get_config("smoke")
     )
     before = _snapshot(workdir)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnist_jax.main",
-            "--config=configs/mlp.py:smoke",
-            f"--workdir={workdir}",
-            *(a.format(data=tmp_path / "data") for a in args),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    args = [a.format(data=tmp_path / "data") for a in args]
+    result = run_module(
+        "mnist_jax.main", "--config=configs/mlp.py:smoke", f"--workdir={workdir}", *args
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and message in lines[-1]
     assert "Traceback" not in result.stderr
     assert _snapshot(workdir) == before
-    debug = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnist_jax.main",
-            "--config=configs/mlp.py:smoke",
-            f"--workdir={workdir}",
-            "--debug",
-            *(a.format(data=tmp_path / "data") for a in args),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    debug = run_module(
+        "mnist_jax.main",
+        "--config=configs/mlp.py:smoke",
+        f"--workdir={workdir}",
+        "--debug",
+        *args,
     )
     assert debug.returncode != 0 and "Traceback" in debug.stderr

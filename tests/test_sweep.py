@@ -8,6 +8,7 @@ from ml_collections import ConfigDict
 from configs import sweep_linear, sweep_mlp
 from mnist_jax import config_schema, sweep, train
 from mnist_jax.errors import ConfigError
+from tests.conftest import run_module
 
 
 def _small_sweep():
@@ -127,28 +128,18 @@ def test_blocks_give_the_same_members(smoke_sweep, tmp_path, monkeypatch):
 def test_cli_shards_members_over_one_cpu_device_per_core(smoke_sweep, tmp_path):
     """`python -m mnist_jax.sweep` splits the CPU into devices (here 2) and shards the
     members over them; each member's numbers stay those of the 1-device sweep."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     workdir = tmp_path / "cli"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnist_jax.sweep",
-            "--config=configs/sweep_mlp.py:smoke",
-            f"--workdir={workdir}",
-            "--config.model.dropout_rate=0.1",
-            "--config.sweep.optim.learning_rate=(0.03,0.1)",
-            "--config.sweep.train.batch_size=(30,)",
-            "--config.sweep.seed=(0,1)",
-            "--cpu_devices=2",
-        ],
-        cwd=Path(__file__).resolve().parents[1],
-        check=True,
-        capture_output=True,
+    result = run_module(
+        "mnist_jax.sweep",
+        "--config=configs/sweep_mlp.py:smoke",
+        f"--workdir={workdir}",
+        "--config.model.dropout_rate=0.1",
+        "--config.sweep.optim.learning_rate=(0.03,0.1)",
+        "--config.sweep.train.batch_size=(30,)",
+        "--config.sweep.seed=(0,1)",
+        "--cpu_devices=2",
     )
+    assert result.returncode == 0, result.stderr
     run_info = json.loads((workdir / "run_info.json").read_text())
     assert run_info["mesh"]["axes"]["members"] == 2
     table = pd.read_csv(workdir / "sweep.csv")

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +7,7 @@ import pytest
 
 from configs import linear, mlp
 from mnist_jax import checkpoints, data, schedule, train, writers
-from tests.conftest import REPO
+from tests.conftest import run_module
 
 RESULT_KEYS = {
     "val/accuracy",
@@ -131,18 +129,8 @@ def test_cli_run_leaves_everything_written_after_its_quick_exit(tmp_path):
     """The CLI skips the interpreter's teardown (`os._exit`): the last async checkpoint,
     the log file and every output must already be complete when it does."""
     workdir = tmp_path / "w"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnist_jax.main",
-            "--config=configs/mlp.py:smoke",
-            f"--workdir={workdir}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_module(
+        "mnist_jax.main", "--config=configs/mlp.py:smoke", f"--workdir={workdir}"
     )
     assert result.returncode == 0, result.stderr
     assert checkpoints.available_steps(workdir) == [5, 10, 20]
@@ -176,19 +164,11 @@ def test_cli_run_leaves_everything_written_after_its_quick_exit(tmp_path):
 )
 def test_cli_bad_input_is_one_line(tmp_path, override, message):
     workdir = tmp_path / "w"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnist_jax.main",
-            "--config=configs/mlp.py:smoke",
-            f"--workdir={workdir}",
-            *override.split(),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_module(
+        "mnist_jax.main",
+        "--config=configs/mlp.py:smoke",
+        f"--workdir={workdir}",
+        *override.split(),
     )
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]

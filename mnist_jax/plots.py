@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 def preload() -> None:
     """Imports matplotlib (~0.4 s) on a background thread, so a run's figures do not
-    wait for it; the import overlaps data loading and compilation."""
+    wait for it. A run calls it once training has started: during compilation, which
+    keeps both cores busy, the import only delayed the training program."""
     threading.Thread(target=_new_figure, daemon=True).start()
 
 

@@ -9,8 +9,8 @@ in one compiled program. Axes are tuples, overridable from the command line, e.g
 a few-second variant for tests.
 
 Best found on the notebook data (mean of 3 seeds): learning rate 0.05, batch 100,
-validation accuracy 0.9547, test accuracy 0.9572 (one CPU device per core; on a
-single device 0.9567 / 0.9591). The notebook's batch 30 gives 0.947 validation. Full
+validation accuracy 0.9556, test accuracy 0.9579 (one CPU device per core; on a
+single device 0.9564 / 0.9589). The notebook's batch 30 gives 0.947 validation. Full
 table: the README's sweep section.
 """
 

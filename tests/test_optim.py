@@ -3,11 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
-from mnist_jax import models, steps
+from mnist_jax import models, optim, steps
 from mnist_jax.data import Dataset
 
 
@@ -78,3 +79,28 @@ def test_train_steps_match_numpy_tf1_reference(reduction):
     assert int(state.step) == 5
     np.testing.assert_allclose(state.params["dense"]["kernel"][...], w, atol=1e-5)
     np.testing.assert_allclose(state.params["dense"]["bias"][...], b, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad_scale", [0.01, 100.0])  # under and over the clip norm
+def test_update_and_state_are_optax_clip_then_adagrad(grad_scale):
+    """Same state types as `optax.chain(clip_by_global_norm, adagrad)` (checkpoints hold
+    optax's own), and the same update to float rounding, clipped or not."""
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal((784, 10)), jnp.float32)}
+    grads = {"w": jnp.asarray(rng.standard_normal((784, 10)) * grad_scale, jnp.float32)}
+    ours = optim.make_optimizer(0.03, 5.0)
+    reference = optax.chain(
+        optax.clip_by_global_norm(5.0),
+        optax.adagrad(0.03, initial_accumulator_value=0.1, eps=0.0),
+    )
+    state, expected_state = ours.init(params), reference.init(params)
+    assert jax.tree.structure(state) == jax.tree.structure(expected_state)
+    for _ in range(3):
+        updates, state = jax.jit(ours.update)(grads, state, params)
+        expected, expected_state = reference.update(grads, expected_state, params)
+        for a, b in zip(
+            jax.tree.leaves((updates, state)),
+            jax.tree.leaves((expected, expected_state)),
+            strict=True,
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)

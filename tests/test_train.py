@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import linear, mlp
-from mnist_jax import checkpoints, data, schedule, train, writers
+from mnist_jax import checkpoints, data, metrics, schedule, steps, train, writers
 from tests.conftest import run_module
 
 RESULT_KEYS = {
@@ -118,6 +118,23 @@ def test_chunking_does_not_change_training():
         chunked, _ = train_steps(chunked, jnp.int32(length), dataset, member)
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("num_rows", [steps.EVAL_BLOCK_ROWS - 1, 2_345])
+def test_blocked_evaluation_scores_every_row_as_one_pass_would(num_rows):
+    """Row blocks (and a remainder that is not a whole block) change no row's score."""
+    host = data.load(mlp.get_config("smoke").data)
+    program, state, _ = train.init_run(mlp.get_config("smoke"), host)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((num_rows, 784), np.float32))
+    y = jnp.asarray(rng.integers(0, 10, num_rows), jnp.int32)
+    losses, predictions = jax.jit(program.row_scores)(state.params, x, y)
+    logits = program.logits(state.params, x)
+    assert losses.shape == predictions.shape == (num_rows,)
+    np.testing.assert_allclose(
+        losses, metrics.example_log_loss(logits, y), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(predictions, jnp.argmax(logits, axis=-1))
 
 
 def test_period_ends_cover_the_run():

@@ -94,14 +94,14 @@ def set_field(config, name: str, value) -> None:
 def with_sweep(config: ml_collections.ConfigDict, axes: dict[str, tuple]):
     """Adds a `sweep` group with `axes` ({"optim.learning_rate": (...), ...}) as nested
     fields, so each axis can be overridden from the command line."""
-    config.sweep = ml_collections.ConfigDict()
+    nested: dict = {}
     for name, values in axes.items():
-        target = config.sweep
-        for group in name.split(".")[:-1]:
-            if group not in target:
-                target[group] = ml_collections.ConfigDict()
-            target = target[group]
-        target[name.split(".")[-1]] = tuple(values)
+        *groups, field = name.split(".")
+        target = nested
+        for group in groups:
+            target = target.setdefault(group, {})
+        target[field] = tuple(values)
+    config.sweep = ml_collections.ConfigDict(nested)
     return config
 
 

@@ -148,6 +148,14 @@ class Program:
         tail = score(x[full:], y[full:])
         return tuple(jnp.concatenate(parts) for parts in zip(blocks, tail, strict=True))
 
+    @staticmethod
+    def mean_scores(split: str, losses, predictions, labels) -> dict[str, jax.Array]:
+        """`{split}/log_loss` and `{split}/accuracy` from `row_scores`' outputs."""
+        return {
+            f"{split}/log_loss": jnp.mean(losses),
+            f"{split}/accuracy": jnp.mean(predictions == labels),
+        }
+
     def pool_scores(
         self, params, data: Dataset, member: Member
     ) -> dict[str, jax.Array]:
@@ -157,11 +165,11 @@ class Program:
         data unbatched under a sweep's vmap, so the first layer of every member is one
         large matrix product instead of many small ones."""
         losses, predictions = self.row_scores(params, data.pool_x, data.pool_y)
-        correct = predictions == data.pool_y
         scores = {}
         for split, idx in (("train", member.train_idx), ("val", member.val_idx)):
-            scores[f"{split}/log_loss"] = jnp.mean(losses[idx])
-            scores[f"{split}/accuracy"] = jnp.mean(correct[idx])
+            scores |= self.mean_scores(
+                split, losses[idx], predictions[idx], data.pool_y[idx]
+            )
         return scores
 
     def chunk(
@@ -190,10 +198,7 @@ class Program:
         """Test log loss and accuracy alone: all a sweep member adds at its end (its
         validation numbers are its last period's)."""
         losses, predictions = self.row_scores(params, data.test_x, data.test_y)
-        return {
-            "test/log_loss": jnp.mean(losses),
-            "test/accuracy": jnp.mean(predictions == data.test_y),
-        }
+        return self.mean_scores("test", losses, predictions, data.test_y)
 
     def final_evaluation(
         self, params, data: Dataset, member: Member
@@ -205,15 +210,14 @@ class Program:
         pool_losses, pool_predictions = self.row_scores(
             params, data.pool_x, data.pool_y
         )
+        val_losses = pool_losses[member.val_idx]
         val_y, val_pred = data.pool_y[member.val_idx], pool_predictions[member.val_idx]
         test_losses, test_predictions = self.row_scores(
             params, data.test_x, data.test_y
         )
         return {
-            "val/log_loss": jnp.mean(pool_losses[member.val_idx]),
-            "val/accuracy": jnp.mean(val_pred == val_y),
-            "test/log_loss": jnp.mean(test_losses),
-            "test/accuracy": jnp.mean(test_predictions == data.test_y),
+            **self.mean_scores("val", val_losses, val_pred, val_y),
+            **self.mean_scores("test", test_losses, test_predictions, data.test_y),
             "val/confusion": metrics.confusion_matrix(val_y, val_pred),
             "test/predictions": test_predictions,
         }

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mnist_jax import checkpoints, data, metrics, models, steps, train
+from mnist_jax import checkpoints, data, metrics, plots, steps, train
 from mnist_jax.errors import UserError
 
 DEAD_UNIT_NOTE = "never active (ReLU output 0) on any validation image"
@@ -51,15 +51,22 @@ class RunView:
         raise UserError(f"split {name!r} is not one of val, test")
 
     def predict(self, params, split: str) -> dict[str, np.ndarray]:
+        """Logits, labels and predicted classes of a split's rows, and every metric
+        (`accuracy`, `log_loss`, ...) over them."""
         x, y = self.split(split)
         logits = jax.jit(self.program.logits)(params, x)
+        values = jax.jit(metrics.evaluate, static_argnums=2)(logits, y, split)
         return {
             "logits": np.asarray(logits),
             "labels": np.asarray(y),
             "predictions": np.asarray(jnp.argmax(logits, axis=-1)),
-            "accuracy": float(metrics.accuracy(logits, y)),
-            "log_loss": float(metrics.log_loss(logits, y)),
+            **{k.split("/", 1)[1]: float(v) for k, v in values.items()},
         }
+
+    def scores(self, params, split: str) -> dict[str, float]:
+        """Every metric of a split, keyed as in metrics.jsonl (`val/accuracy`)."""
+        predicted = self.predict(params, split)
+        return {metrics.key(split, n): predicted[n] for n in metrics.METRICS}
 
     def model(self, params) -> nnx.Module:
         return nnx.merge(self.program.graphdef, params)
@@ -77,17 +84,18 @@ def load_run(workdir: str | os.PathLike) -> RunView:
     return RunView(workdir, config, host, dataset, program, member, state.params, saved)
 
 
-def first_layer_kernel(model) -> np.ndarray:
-    """(784, units): the MLP's first hidden layer, or the linear model's class weights."""
-    if isinstance(model, models.MLP):
-        return np.asarray(model.first_layer_kernel)
-    return np.asarray(model.dense.kernel[...])
+def first_layer_kernel(model) -> np.ndarray | None:
+    """(inputs, units): the model's first layer (`first_layer` in models.py), or None
+    for a model that does not show one."""
+    first_layer = getattr(model, "first_layer", None)
+    return None if first_layer is None else np.asarray(first_layer())
 
 
 def smoothness(kernel: np.ndarray) -> np.ndarray:
     """Per unit, the correlation of each weight with its right and lower neighbours in
-    the 28x28 image: ~0 for pixel noise, towards 1 for smooth stroke-like templates."""
-    images = kernel.T.reshape(-1, 28, 28)
+    its square image: ~0 for pixel noise, towards 1 for smooth stroke-like templates."""
+    side = plots.image_side(kernel)
+    images = kernel.T.reshape(-1, side, side)
     pairs = [
         (images[:, :, :-1], images[:, :, 1:]),
         (images[:, :-1, :], images[:, 1:, :]),
@@ -100,45 +108,50 @@ def smoothness(kernel: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, (a * b).sum(1) / np.where(denom > 0, denom, 1), 0.0)
 
 
-def hidden_activity(model, x) -> np.ndarray:
-    """(N, units) first-hidden-layer ReLU outputs."""
-    return np.asarray(jax.nn.relu(model.hidden[0](x)))
-
-
 def unit_table(run: RunView, params_by_step: dict[int, nnx.State]) -> list[dict]:
-    """One row per checkpoint: scores, how far the first layer moved, and how many of
-    its units are dead, ignored by the next layer, or still noise."""
+    """One row per checkpoint: every metric on validation and, for a model that shows
+    its first layer, how far that layer moved, how smooth its units' images are, and
+    how many units are dead (never active on a validation image, for a model that
+    reports `first_layer_activity`) or ignored by the next layer."""
     initial = first_layer_kernel(run.model(run.initial_params))
     val_x, _ = run.split("val")
     rows, previous = [], initial
     for step, params in sorted(params_by_step.items()):
         model = run.model(params)
+        row = {"step": step, **run.scores(params, "val")}
         kernel = first_layer_kernel(model)
-        scores = run.predict(params, "val")
-        row = {
-            "step": step,
-            "val/accuracy": scores["accuracy"],
-            "val/log_loss": scores["log_loss"],
-            "l2_from_init": float(np.linalg.norm(kernel - initial)),
-            "l2_from_previous": float(np.linalg.norm(kernel - previous)),
-            "smoothness_mean": float(smoothness(kernel).mean()),
-            "noise_units": float(np.mean(smoothness(kernel) < NOISE_SMOOTHNESS)),
-            "dead_units": float("nan"),
-            "ignored_units": float("nan"),
-        }
-        if isinstance(model, models.MLP):
-            activity = hidden_activity(model, val_x)
-            row["dead_units"] = float(np.mean(activity.max(axis=0) <= 0.0))
-            next_kernel = np.asarray(
-                (model.hidden[1] if len(model.hidden) > 1 else model.logits).kernel[...]
-            )
-            outgoing = np.linalg.norm(next_kernel, axis=1)
-            row["ignored_units"] = float(
-                np.mean(outgoing < IGNORED_UNIT_FRACTION * np.median(outgoing))
-            )
+        if kernel is not None:
+            unit_smoothness = smoothness(kernel)
+            row |= {
+                "l2_from_init": float(np.linalg.norm(kernel - initial)),
+                "l2_from_previous": float(np.linalg.norm(kernel - previous)),
+                "smoothness_mean": float(unit_smoothness.mean()),
+                "noise_units": float(np.mean(unit_smoothness < NOISE_SMOOTHNESS)),
+                "dead_units": dead_units(model, val_x),
+                "ignored_units": ignored_units(model),
+            }
+            previous = kernel
         rows.append(row)
-        previous = kernel
     return rows
+
+
+def dead_units(model, x) -> float:
+    """Share of first-layer units never active (output 0) on any row of `x`; NaN for a
+    model without `first_layer_activity`."""
+    activity = getattr(model, "first_layer_activity", None)
+    if activity is None:
+        return float("nan")
+    return float(np.mean(np.asarray(jax.jit(activity)(x)).max(axis=0) <= 0.0))
+
+
+def ignored_units(model) -> float:
+    """Share of first-layer units whose outgoing weights are under a tenth of the median
+    norm; NaN for a model without `first_layer_outgoing`."""
+    outgoing = getattr(model, "first_layer_outgoing", None)
+    if outgoing is None:
+        return float("nan")
+    norms = np.linalg.norm(np.asarray(outgoing()), axis=1)
+    return float(np.mean(norms < IGNORED_UNIT_FRACTION * np.median(norms)))
 
 
 def confused_pairs(

@@ -117,9 +117,9 @@ def run(main: Callable[[list[str]], None]) -> None:
         for chatty in ("absl", "jax"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
         if _CACHE.value:
-            from mnist_jax import compilation
+            from mnist_jax import startup
 
-            compilation.enable_persistent_cache(_CACHE.value)
+            startup.enable_persistent_cache(_CACHE.value)
         init_distributed()
         try:
             main(argv)

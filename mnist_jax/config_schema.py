@@ -11,11 +11,9 @@ import numbers
 
 import ml_collections
 
-from mnist_jax import download, optim
+from mnist_jax import download, models, optim
 from mnist_jax.data import SOURCES
 from mnist_jax.errors import ConfigError
-
-MODELS = ("linear", "mlp")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -37,20 +35,26 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.num_train = 7_500
 
     config.model = ml_collections.ConfigDict()
-    # linear | mlp.
+    # A `models.MODELS` name: linear | mlp, or any registered model.
     config.model.name = "mlp"
-    # MLP hidden layer widths; a tuple, so the command line can override it.
-    config.model.hidden_units = (100, 100)
-    # MLP dropout after each hidden layer, in training only.
-    config.model.dropout_rate = 0.0
+    # Then every registered model's own fields, with its defaults (its docstring
+    # explains them): mlp's hidden_units (a tuple, so the command line can override
+    # it) and dropout_rate (after each hidden layer, in training only).
+    config.model.update(models.MODELS.defaults())
 
     config.optim = ml_collections.ConfigDict()
-    # Adagrad step size (the notebook's MLP solution: 0.05).
+    # An `optim.OPTIMIZERS` name: adagrad (TF1's, the notebook's) | sgd | momentum |
+    # adam | adamw, or any registered optimizer.
+    config.optim.name = "adagrad"
+    # Step size (the notebook's MLP solution: 0.05).
     config.optim.learning_rate = 0.05
-    # Gradients are clipped to this global norm (the notebook: 5.0).
+    # Gradients are clipped to this global norm (the notebook: 5.0), for every optimizer.
     config.optim.clip_norm = 5.0
     # sum (TF1 canned estimators) | mean, over the batch.
     config.optim.loss_reduction = "sum"
+    # Then every registered optimizer's own fields: momentum's momentum, adamw's
+    # weight_decay.
+    config.optim.update(optim.OPTIMIZERS.defaults())
 
     config.train = ml_collections.ConfigDict()
     # Total optimizer steps.
@@ -167,10 +171,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"data.source={flat['data.source']!r} is not one of {', '.join(SOURCES)}"
         )
-    if flat["model.name"] not in MODELS:
-        raise ConfigError(
-            f"model.name={flat['model.name']!r} is not one of {', '.join(MODELS)}"
-        )
+    for group, registry in (("model", models.MODELS), ("optim", optim.OPTIMIZERS)):
+        registry.entry(config[group].name)  # one line naming the choices if unknown
+        for field in registry.unused(config[group]):
+            raise ConfigError(
+                f"{group}.{field}={config[group][field]!r} is not used by {group} "
+                f"{config[group].name!r}; leave it at its default "
+                f"{registry.defaults()[field]!r}"
+            )
     if flat["optim.loss_reduction"] not in optim.LOSS_REDUCTIONS:
         raise ConfigError(
             f"optim.loss_reduction={flat['optim.loss_reduction']!r} is not one of "
@@ -191,8 +199,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "(steps beyond train.num_steps are fine: a longer run reaches them)"
         )
     hidden = flat["model.hidden_units"]
-    if not hidden or any(
-        isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden
+    if (
+        not isinstance(hidden, tuple | list)
+        or not hidden
+        or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden)
     ):
         raise ConfigError(
             f"model.hidden_units={hidden!r} must be a tuple of positive integers"

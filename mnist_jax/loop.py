@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from mnist_jax import checkpoints, interrupts, schedule, writers
+from mnist_jax import checkpoints, interrupts, metrics, schedule, writers
 from mnist_jax import mesh as mesh_lib
 from mnist_jax.errors import Interrupted, TrainingDiverged
 
@@ -103,15 +103,16 @@ def diverged(config, step: int, last_saved: int) -> TrainingDiverged:
 def log_period(
     step: int, num_steps: int, scores: dict, steps_per_second: float
 ) -> None:
+    values = ", ".join(
+        f"{name.replace('_', ' ')} train {scores[metrics.key('train', name)]:.4f} "
+        f"val {scores[metrics.key('val', name)]:.4f}"
+        for name in metrics.METRICS
+    )
     log.info(
-        "step %d/%d: log loss train %.4f val %.4f, accuracy train %.4f val %.4f, "
-        "%.0f steps/s, ETA %.1fs",
+        "step %d/%d: %s, %.0f steps/s, ETA %.1fs",
         step,
         num_steps,
-        scores["train/log_loss"],
-        scores["val/log_loss"],
-        scores["train/accuracy"],
-        scores["val/accuracy"],
+        values,
         steps_per_second,
         (num_steps - step) / max(steps_per_second, 1e-9),
     )

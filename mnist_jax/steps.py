@@ -9,7 +9,7 @@ over members trains a whole sweep in one program.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,13 @@ class Program:
     batch_size: int
     loss_reduction: str
     mesh: Mesh | None = None  # rows of batches and of evaluations shard along "data"
+    optimizer: str = "adagrad"  # an `optim.OPTIMIZERS` name
+    optimizer_fields: tuple[tuple[str, Any], ...] = ()  # its config fields, as items
+
+    def make_optimizer(self, learning_rate, clip_norm) -> optax.GradientTransformation:
+        return optim.make_optimizer(
+            self.optimizer, learning_rate, clip_norm, **dict(self.optimizer_fields)
+        )
 
     def shard_rows(self, x: jax.Array) -> jax.Array:
         """Splits a batch's rows over the mesh's data axis; GSPMD then runs each device
@@ -65,8 +72,8 @@ class Program:
         return nnx.merge(self.graphdef, params)(x, dropout_key=dropout_key)
 
     def init_state(self, params) -> TrainState:
-        # Adagrad's state does not depend on the hyper-parameters, so any values do here.
-        opt_state = optim.make_optimizer(1.0, 1.0).init(params)
+        # No optimizer's state depends on the step size or clip, so any values do here.
+        opt_state = self.make_optimizer(1.0, 1.0).init(params)
         return TrainState(jnp.zeros((), jnp.int32), params, opt_state)
 
     def train_steps(
@@ -82,7 +89,7 @@ class Program:
         steps_per_epoch = num_train // self.batch_size
         shuffle_key = jax.random.fold_in(member.key, _SHUFFLE_STREAM)
         dropout_key = jax.random.fold_in(member.key, _DROPOUT_STREAM)
-        tx = optim.make_optimizer(member.learning_rate, member.clip_norm)
+        tx = self.make_optimizer(member.learning_rate, member.clip_norm)
 
         def permutation(epoch):
             return jax.random.permutation(
@@ -123,13 +130,14 @@ class Program:
         state, _, _, nonfinite = jax.lax.fori_loop(0, num_steps, step_fn, carry)
         return state, nonfinite
 
-    def row_scores(self, params, x: jax.Array, y: jax.Array) -> tuple[jax.Array, ...]:
-        """Per row: log loss and predicted class, computed `EVAL_BLOCK_ROWS` rows at a
-        time (`lax.map`) so that no activation larger than a block is ever stored."""
+    def row_scores(self, params, x: jax.Array, y: jax.Array):
+        """Per row: every metric's value ({name: (N,)}) and the predicted class,
+        computed `EVAL_BLOCK_ROWS` rows at a time (`lax.map`) so that no activation
+        larger than a block is ever stored."""
 
         def score(x, y):
             logits = self.logits(params, self.shard_rows(x))
-            return metrics.example_log_loss(logits, y), jnp.argmax(logits, axis=-1)
+            return metrics.row_values(logits, y), jnp.argmax(logits, axis=-1)
 
         num_blocks, rest = divmod(x.shape[0], EVAL_BLOCK_ROWS)
         if num_blocks <= 1:
@@ -142,34 +150,24 @@ class Program:
                 y[:full].reshape(num_blocks, EVAL_BLOCK_ROWS),
             ),
         )
-        blocks = tuple(b.reshape(full) for b in blocks)
+        blocks = jax.tree.map(lambda b: b.reshape(full), blocks)
         if not rest:
             return blocks
         tail = score(x[full:], y[full:])
-        return tuple(jnp.concatenate(parts) for parts in zip(blocks, tail, strict=True))
-
-    @staticmethod
-    def mean_scores(split: str, losses, predictions, labels) -> dict[str, jax.Array]:
-        """`{split}/log_loss` and `{split}/accuracy` from `row_scores`' outputs."""
-        return {
-            f"{split}/log_loss": jnp.mean(losses),
-            f"{split}/accuracy": jnp.mean(predictions == labels),
-        }
+        return jax.tree.map(lambda *parts: jnp.concatenate(parts), blocks, tail)
 
     def pool_scores(
         self, params, data: Dataset, member: Member
     ) -> dict[str, jax.Array]:
-        """Training and validation log loss and accuracy from one pass over the pool.
+        """Every metric on the training and validation rows, from one pass over the pool.
 
-        Scoring the whole pool and then averaging over each split's rows keeps the
+        Scoring the whole pool and then reducing over each split's rows keeps the
         data unbatched under a sweep's vmap, so the first layer of every member is one
         large matrix product instead of many small ones."""
-        losses, predictions = self.row_scores(params, data.pool_x, data.pool_y)
+        values, _ = self.row_scores(params, data.pool_x, data.pool_y)
         scores = {}
         for split, idx in (("train", member.train_idx), ("val", member.val_idx)):
-            scores |= self.mean_scores(
-                split, losses[idx], predictions[idx], data.pool_y[idx]
-            )
+            scores |= metrics.reduce(split, {n: v[idx] for n, v in values.items()})
         return scores
 
     def chunk(
@@ -195,10 +193,10 @@ class Program:
         return state, jax.lax.cond(evaluate, scores, skipped, state.params), nonfinite
 
     def test_scores(self, params, data: Dataset) -> dict[str, jax.Array]:
-        """Test log loss and accuracy alone: all a sweep member adds at its end (its
+        """Every metric on the test set alone: all a sweep member adds at its end (its
         validation numbers are its last period's)."""
-        losses, predictions = self.row_scores(params, data.test_x, data.test_y)
-        return self.mean_scores("test", losses, predictions, data.test_y)
+        values, _ = self.row_scores(params, data.test_x, data.test_y)
+        return metrics.reduce("test", values)
 
     def final_evaluation(
         self, params, data: Dataset, member: Member
@@ -207,17 +205,17 @@ class Program:
         and test-set predictions, in one call."""
         # Scored over the whole pool as `pool_scores` does, so the final validation
         # numbers are exactly the last period's.
-        pool_losses, pool_predictions = self.row_scores(
+        pool_values, pool_predictions = self.row_scores(
             params, data.pool_x, data.pool_y
         )
-        val_losses = pool_losses[member.val_idx]
+        val_values = {n: v[member.val_idx] for n, v in pool_values.items()}
         val_y, val_pred = data.pool_y[member.val_idx], pool_predictions[member.val_idx]
-        test_losses, test_predictions = self.row_scores(
+        test_values, test_predictions = self.row_scores(
             params, data.test_x, data.test_y
         )
         return {
-            **self.mean_scores("val", val_losses, val_pred, val_y),
-            **self.mean_scores("test", test_losses, test_predictions, data.test_y),
+            **metrics.reduce("val", val_values),
+            **metrics.reduce("test", test_values),
             "val/confusion": metrics.confusion_matrix(val_y, val_pred),
             "test/predictions": test_predictions,
         }

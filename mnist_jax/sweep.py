@@ -13,7 +13,6 @@ reduction) split the grid into groups that run one after another.
 from __future__ import annotations
 
 import functools
-import importlib
 import itertools
 import json
 import logging
@@ -21,7 +20,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import jax
@@ -29,7 +27,17 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from mnist_jax import compilation, config_schema, data, schedule, steps, train, writers
+from mnist_jax import (
+    config_schema,
+    data,
+    metrics,
+    schedule,
+    startup,
+    steps,
+    sweep_report,
+    train,
+    writers,
+)
 from mnist_jax import mesh as mesh_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError
@@ -39,7 +47,7 @@ log = logging.getLogger(__name__)
 # Per-member values that are arrays inside the compiled program; any other axis
 # changes shapes or static structure and so starts a new group.
 TRACED_FIELDS = ("seed", "optim.learning_rate", "optim.clip_norm")
-RESULT_KEYS = ("val/accuracy", "val/log_loss", "test/accuracy", "test/log_loss")
+RESULT_KEYS = tuple(metrics.keys("val", "test"))
 # Members per device trained at once: their params, Adagrad state and gradients
 # (~1 MB each) then stay in a CPU's L3 cache; more runs as further blocks. On the
 # 2-core benchmark machine 8 per device beat 16 by 7% over a 64-member sweep.
@@ -132,12 +140,12 @@ def group_programs(
                 steps.TrainState(replicated, by_member, by_member),
                 by_member,
             ),
-            compiler_options=compilation.RUN_ONCE_OPTIONS,
+            compiler_options=startup.RUN_ONCE_OPTIONS,
         ),
         chunk=jax.jit(chunk, donate_argnums=0),
         test=jax.jit(
             vmapped(program.test_scores, in_axes=(0, None)),
-            compiler_options=compilation.RUN_ONCE_OPTIONS,
+            compiler_options=startup.RUN_ONCE_OPTIONS,
         ),
     )
 
@@ -180,15 +188,13 @@ def run_group(
     )
     period_ends = schedule.period_ends(config.train.num_steps, config.train.num_periods)
     pending = []  # per block: (each period's scores, test scores), still on device
-    with ThreadPoolExecutor(max_workers=1) as compiler:
+    with startup.Compiler() as compiler:
         # The training and test programs compile on a second thread while this one
         # initialises the first block.
-        chunk_ready = compilation.compile_async(
-            compiler, programs.chunk, state_spec, *flags, pool, member_spec
+        chunk_ready = compiler.submit(
+            programs.chunk, state_spec, *flags, pool, member_spec
         )
-        test_ready = compilation.compile_async(
-            compiler, programs.test, state_spec.params, dataset
-        )
+        test_ready = compiler.submit(programs.test, state_spec.params, dataset)
         if while_compiling is not None:
             while_compiling()
         # Every block's work is dispatched without waiting for results: the device
@@ -215,17 +221,12 @@ def run_group(
             ]
             results.append(
                 {
-                    "val/accuracy": history[-1]["val/accuracy"],
-                    "val/log_loss": history[-1]["val/log_loss"],
+                    **{k: history[-1][k] for k in metrics.keys("val")},
                     **{k: float(v[i]) for k, v in test.items()},
                     "history": history,
                 }
             )
     return results[:num_real]
-
-
-def load_report():
-    return importlib.import_module("mnist_jax.sweep_report")
 
 
 def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
@@ -253,7 +254,7 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
             dataset,
             device_mesh,
             # pandas and matplotlib (~1 s) import while the first group compiles.
-            while_compiling=load_report if n == 0 else None,
+            while_compiling=sweep_report.import_libraries if n == 0 else None,
         )
         for i, result in zip(indices, results, strict=True):
             rows[i] = {"member": i, **members[i][0], **result}
@@ -265,7 +266,7 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
             time.perf_counter() - group_start,
         )
 
-    load_report().write(workdir, config, members, rows)
+    sweep_report.write(workdir, config, list(axes(config)), members, rows)
     run_info = {
         "data": host.fingerprint(),
         **workdir_lib.environment(),

@@ -4,36 +4,55 @@ the main axes (seeds as error bars), and the best setting as a ready-to-run conf
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
 from ml_collections import ConfigDict
 
-from mnist_jax import config_schema, plots, writers
+from mnist_jax import config_schema, metrics, plots, startup, writers
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 SEED = "seed"
 
 
+def import_libraries() -> None:
+    """pandas and matplotlib (~1 s): a sweep imports them while its programs compile."""
+    startup.pandas()
+    plots.new_figure()
+
+
 def settings_table(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """Mean and spread over seeds of each setting (the non-seed axes)."""
+    """Each setting (the non-seed axes): every metric's mean over seeds, and the
+    spread (std) of the validation ones."""
     settings = [a for a in axes if a != SEED]
     grouped = (
         table.groupby(settings, sort=False) if settings else table.groupby(lambda _: 0)
     )
+    columns = {}
+    for key in metrics.keys("val", "test"):
+        columns[column(key)] = (key, "mean")
+        if key.startswith("val/"):
+            columns[column(key) + "_std"] = (key, "std")
     summary = grouped.agg(
-        val_accuracy=("val/accuracy", "mean"),
-        val_accuracy_std=("val/accuracy", "std"),
-        val_log_loss=("val/log_loss", "mean"),
-        test_accuracy=("test/accuracy", "mean"),
-        seeds=("val/accuracy", "size"),
+        **columns, seeds=(metrics.key("val", metrics.PRIMARY), "size")
     )
-    return summary.reset_index().fillna({"val_accuracy_std": 0.0})
+    stds = [c for c in summary.columns if c.endswith("_std")]
+    return summary.reset_index().fillna(dict.fromkeys(stds, 0.0))
+
+
+def column(key: str) -> str:
+    """`val/accuracy` -> `val_accuracy`: a metric key as a summary table's column."""
+    return key.replace("/", "_")
 
 
 def plot_sweep(summary: pd.DataFrame, settings: list[str]) -> Figure:
-    """Validation accuracy over the first axis, a line per value of the second."""
-    fig = Figure(figsize=(7, 4.5))
+    """The primary metric on validation over the first axis, a line per value of the
+    second."""
+    primary = column(metrics.key("val", metrics.PRIMARY))
+    fig = plots.new_figure(figsize=(7, 4.5))
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.92)
     ax = fig.add_subplot()
     x_name = settings[0] if settings else None
@@ -47,8 +66,8 @@ def plot_sweep(summary: pd.DataFrame, settings: list[str]) -> Figure:
         x = part[x_name].to_numpy() if x_name else np.zeros(len(part))
         ax.errorbar(
             x,
-            part["val_accuracy"],
-            yerr=part["val_accuracy_std"],
+            part[primary],
+            yerr=part[primary + "_std"],
             marker="o",
             capsize=3,
             label=label,
@@ -59,10 +78,8 @@ def plot_sweep(summary: pd.DataFrame, settings: list[str]) -> Figure:
         if numeric and values.min() > 0 and values.max() / values.min() >= 10:
             ax.set_xscale("log")
         ax.set_xlabel(x_name)
-    ax.set(
-        ylabel="validation accuracy",
-        title="Sweep: validation accuracy (error bars: seeds)",
-    )
+    label = f"validation {metrics.PRIMARY.replace('_', ' ')}"
+    ax.set(ylabel=label, title=f"Sweep: {label} (error bars: seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -84,11 +101,11 @@ def best_config_source(config, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(workdir: Path, config, members: list, rows: list[dict]) -> dict:
+def write(
+    workdir: Path, config, axes: list[str], members: list, rows: list[dict]
+) -> dict:
     """Writes sweep.csv/.md/.png and best_config.py/.json; returns the best setting."""
-    from mnist_jax.sweep import axes
-
-    names = list(axes(config))
+    pd = startup.pandas()
     table = pd.DataFrame(
         [{k: v for k, v in row.items() if k != "history"} for row in rows]
     )
@@ -98,14 +115,15 @@ def write(workdir: Path, config, members: list, rows: list[dict]) -> dict:
         workdir / "sweep_histories.json",
         {str(row["member"]): row["history"] for row in rows},
     )
-    summary = settings_table(table, names)
-    settings = [n for n in names if n != SEED]
+    summary = settings_table(table, axes)
+    settings = [n for n in axes if n != SEED]
     plots.save(plot_sweep(summary, settings), workdir / "sweep.png")
 
-    order = summary.sort_values(
-        ["val_accuracy", "val_log_loss"], ascending=[False, True]
+    order = metrics.ranking("val")
+    ranked = summary.sort_values(
+        [column(k) for k, _ in order], ascending=[a for _, a in order]
     )
-    best = summary.loc[order.index[0]]
+    best = summary.loc[ranked.index[0]]
     # The members' own values: a summary row holds them as floats (batch 100.0).
     hparams, member_config = next(
         (h, c) for h, c in members if all(h[n] == best[n] for n in settings)
@@ -113,10 +131,12 @@ def write(workdir: Path, config, members: list, rows: list[dict]) -> dict:
     best_setting = {n: hparams[n] for n in settings}
     best_config = ConfigDict(member_config.to_dict())
     best_config.seed = config.seed
+    scores = ", ".join(
+        f"{k} {best[column(k)]:.4f}" for k in metrics.keys("val", "test")
+    )
     note = (
-        f"Best setting of the sweep in {workdir}: {best_setting or 'the base config'}, "
-        f"mean validation accuracy {best['val_accuracy']:.4f} over {int(best['seeds'])} "
-        f"seed(s), test accuracy {best['test_accuracy']:.4f}.\n\n"
+        f"Best setting of the sweep in {workdir}: {best_setting or 'the base config'}; "
+        f"means over {int(best['seeds'])} seed(s): {scores}.\n\n"
         f"    python -m mnist_jax.main --config={workdir / 'best_config.py'} --workdir=runs/best\n"
     )
     (workdir / "best_config.py").write_text(best_config_source(best_config, note))

@@ -1,8 +1,10 @@
 """One run of the notebook's experiment, from config to a complete workdir.
 
-`train_and_evaluate` is what `main.py` calls and what a notebook calls. The compiled
-work happens in `steps.Program`, one call per chunk; chunks end at period ends (where
-the run evaluates) and at checkpoint steps. A workdir with checkpoints is resumed.
+`train_and_evaluate` is what `main.py` calls and what a notebook calls; it reads top to
+bottom: config, input, mesh, model and optimizer, compiled programs, workdir and
+checkpoints, the training loop, the final evaluation and the run's files. The compiled
+work is `steps.Program`, one call per chunk; chunks end at period ends (where the run
+evaluates) and at checkpoint steps. A workdir with checkpoints is resumed.
 """
 
 from __future__ import annotations
@@ -11,20 +13,22 @@ import contextlib
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from mnist_jax import (
     checkpoints,
-    compilation,
     config_schema,
     data,
     loop,
+    metrics,
     models,
+    optim,
     plots,
+    startup,
     steps,
     writers,
 )
@@ -34,11 +38,21 @@ from mnist_jax.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
+# Validation accuracy under this multiple of chance (1 / 10) means nothing was learnt.
+CHANCE_MULTIPLE = 2.0
+
 
 def make_program(config, device_mesh=None) -> steps.Program:
+    """The run's static half: the model's graph, batch size, loss and optimizer."""
     graphdef, _ = nnx.split(checkpoints.abstract_model(config))
+    optimizer_fields = optim.OPTIMIZERS.arguments(config.optim)
     return steps.Program(
-        graphdef, config.train.batch_size, config.optim.loss_reduction, device_mesh
+        graphdef,
+        config.train.batch_size,
+        config.optim.loss_reduction,
+        device_mesh,
+        optimizer=config.optim.name,
+        optimizer_fields=tuple(sorted(optimizer_fields.items())),
     )
 
 
@@ -56,51 +70,171 @@ def make_init(config, num_pool: int, num_train: int, program: steps.Program):
     return init
 
 
-def init_run(
-    config, host: data.HostData
-) -> tuple[steps.Program, steps.TrainState, steps.Member]:
-    """The program, its initial state and the seed's train/validation split.
-
-    Initialisation runs as one compiled call: done eagerly, each of its small ops would
-    be compiled on its own, which costs seconds on a model this size."""
-    program = make_program(config)
-    state, member = compilation.run_once(
-        make_init(config, len(host.pool_labels), host.num_train, program),
+def init_arguments(config) -> tuple[jax.Array, ...]:
+    return (
         jnp.int32(config.seed),
         jnp.float32(config.optim.learning_rate),
         jnp.float32(config.optim.clip_norm),
     )
+
+
+def init_run(
+    config, host: data.HostData
+) -> tuple[steps.Program, steps.TrainState, steps.Member]:
+    """The program, its initial state and the seed's train/validation split (for
+    analysis, which rebuilds a run without training it)."""
+    program = make_program(config)
+    init = make_init(config, len(host.pool_labels), host.num_train, program)
+    state, member = startup.run_once(init, *init_arguments(config))
     return program, state, member
 
 
-def finish(config, workdir, host, history, final, model, run_info, start) -> dict:
-    """Writes results.json, the figures and the completed run_info.json."""
-    results = {
-        "val/accuracy": float(final["val/accuracy"]),
-        "val/log_loss": float(final["val/log_loss"]),
-        "test/accuracy": float(final["test/accuracy"]),
-        "test/log_loss": float(final["test/log_loss"]),
-        "num_steps": config.train.num_steps,
-        "train_seconds": run_info["train_seconds"],
-    }
-    if not mesh_lib.is_chief():
-        return results
-    writers.write_json(workdir / workdir_lib.RESULTS_FILE, results)
-    first_layer = model.first_layer_kernel if isinstance(model, models.MLP) else None
-    plots.write_run_figures(
-        workdir, history, final, host.test_images, host.test_labels, first_layer
+def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
+    """Trains `config` into `workdir` (resuming what is there) and returns
+    `results.json`'s contents."""
+    start = time.perf_counter()
+    config_schema.validate(config)
+
+    # Input: which files, and the split sizes; read below, while the programs compile.
+    source = data.resolve(config.data)
+    num_pool, num_train = data.split_sizes(
+        source[0], config.data.num_examples, config.data.num_train
     )
-    run_info["wall_seconds"] = time.perf_counter() - start
-    writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
-    log.info(
-        "Validation accuracy %.4f, test accuracy %.4f (log loss %.4f / %.4f). Workdir: %s",
-        results["val/accuracy"],
-        results["test/accuracy"],
-        results["val/log_loss"],
-        results["test/log_loss"],
-        workdir,
+    if config.train.batch_size > num_train:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} exceeds the {num_train} "
+            "training rows"
+        )
+
+    # Mesh: params replicated, each batch's rows split along "data".
+    device_mesh = mesh_lib.make_mesh(config.mesh.shape)
+    if mesh_lib.MEMBERS in device_mesh.shape:
+        raise ConfigError(
+            f"mesh.shape={tuple(config.mesh.shape)!r} has a members axis, which only a "
+            "sweep uses; give a single run (data,) or ()"
+        )
+    mesh_lib.check_batch(device_mesh, config.train.batch_size)
+    replicated = mesh_lib.replicated(device_mesh)
+
+    # Model, optimizer and update step: one pure program, compiled ahead of time.
+    program = make_program(config, device_mesh)
+    init = make_init(config, num_pool, num_train, program)
+    init_args = init_arguments(config)
+    state_spec, member_spec = mesh_lib.specs(
+        jax.eval_shape(init, *init_args), replicated
     )
+    flag_specs = mesh_lib.specs((jnp.int32(0), jnp.bool_(True)), replicated)
+    pool_spec = mesh_lib.specs(data.pool_spec(num_pool), replicated)
+    with startup.Compiler() as compiler:
+        init_ready = compiler.submit(
+            jax.jit(init, out_shardings=replicated), *init_args, run_once=True
+        )
+        chunk_ready = compiler.submit(
+            jax.jit(program.chunk, donate_argnums=0),
+            state_spec,
+            *flag_specs,
+            pool_spec,
+            member_spec,
+        )
+        host = data.load(config.data, source)
+        dataset = data.to_device(host, replicated)
+        final_ready = compiler.submit(
+            jax.jit(program.final_evaluation),
+            state_spec.params,
+            dataset,
+            member_spec,
+            run_once=True,
+        )
+
+        # Workdir: touched only now that config and data are known good.
+        workdir = workdir_lib.prepare(workdir)
+        chief = mesh_lib.is_chief()  # process 0 writes; all take part in checkpoints
+        with contextlib.ExitStack() as stack:
+            if chief:
+                stack.enter_context(workdir_lib.lock(workdir))
+            checkpointer = stack.enter_context(
+                checkpoints.Checkpointer(workdir, config.checkpoint.steps)
+            )
+            state, member = init_ready.result()(*init_args)
+            state, history, seconds_before = resume(
+                checkpointer, config, state, workdir
+            )
+            run_info = {
+                "data": host.fingerprint(),
+                **workdir_lib.environment(),
+                "mesh": mesh_lib.describe(device_mesh),
+            }
+            if chief:
+                stack.enter_context(workdir_lib.log_file(workdir))
+                writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+                writers.rewrite_metrics(workdir, history)
+                writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+            chunk = chunk_ready.result()
+            run_info["startup_seconds"] = time.perf_counter() - start
+
+            # The loop: chunks between period ends and checkpoint steps.
+            startup.preload_figures()
+            train_start = time.perf_counter()
+            state = loop.train_chunks(
+                config,
+                chunk,
+                state,
+                dataset.without_test(),
+                member,
+                history,
+                checkpointer,
+                workdir,
+                seconds_before,
+            )
+            run_info["train_seconds"] = (
+                seconds_before + time.perf_counter() - train_start
+            )
+
+            # Final evaluation and the run's files.
+            final = mesh_lib.to_host(
+                final_ready.result()(state.params, dataset, member)
+            )
+            model = nnx.merge(program.graphdef, mesh_lib.to_host(state.params))
+            results = make_results(config, final, run_info["train_seconds"])
+            if chief:
+                write_outputs(workdir, results, history, final, model, host)
+                run_info["wall_seconds"] = time.perf_counter() - start
+                writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
     return results
+
+
+def make_results(config, final: dict, train_seconds: float) -> dict:
+    """`results.json`: every metric on validation and test, and any warning."""
+    results = {k: float(final[k]) for k in metrics.keys("val", "test")}
+    results |= {"num_steps": config.train.num_steps, "train_seconds": train_seconds}
+    results["warnings"] = []
+    chance = 1.0 / metrics.NUM_CLASSES
+    if results["val/accuracy"] < CHANCE_MULTIPLE * chance:
+        results["warnings"].append(
+            f"validation accuracy {results['val/accuracy']:.4f} is at chance level "
+            f"({chance:g} for {metrics.NUM_CLASSES} classes): the model learnt "
+            f"nothing; try a lower optim.learning_rate (now "
+            f"{config.optim.learning_rate}) or more steps"
+        )
+    return results
+
+
+def write_outputs(workdir, results, history, final, model, host) -> None:
+    """results.json and the figures; logs the scores and any warning."""
+    writers.write_json(workdir / workdir_lib.RESULTS_FILE, results)
+    first_layer = getattr(model, "first_layer", None)
+    plots.write_run_figures(
+        workdir,
+        history,
+        final,
+        host.test_images,
+        host.test_labels,
+        None if first_layer is None else np.asarray(first_layer()),
+    )
+    scores = ", ".join(f"{k} {results[k]:.4f}" for k in metrics.keys("val", "test"))
+    log.info("Results: %s. Workdir: %s", scores, workdir)
+    for warning in results["warnings"]:
+        log.warning("%s", warning)
 
 
 def resume(
@@ -139,115 +273,3 @@ def resume(
     step = jax.device_put(jnp.int32(step), state.step.sharding)
     state = steps.TrainState(step, params, opt_state)
     return state, metadata["history"], metadata["train_seconds"]
-
-
-def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
-    """Trains `config` into `workdir` (resuming what is there) and returns
-    `results.json`'s contents."""
-    start = time.perf_counter()
-    config_schema.validate(config)
-    resolved = data.resolve(config.data)
-    num_pool, num_train = data.split_sizes(
-        resolved[0], config.data.num_examples, config.data.num_train
-    )
-    if config.train.batch_size > num_train:
-        raise ConfigError(
-            f"train.batch_size={config.train.batch_size} exceeds the {num_train} "
-            "training rows"
-        )
-    device_mesh = mesh_lib.make_mesh(config.mesh.shape)
-    if mesh_lib.MEMBERS in device_mesh.shape:
-        raise ConfigError(
-            f"mesh.shape={tuple(config.mesh.shape)!r} has a members axis, which only a "
-            "sweep uses; give a single run (data,) or ()"
-        )
-    mesh_lib.check_batch(device_mesh, config.train.batch_size)
-    replicated = mesh_lib.replicated(device_mesh)
-    program = make_program(config, device_mesh)
-    init = make_init(config, num_pool, num_train, program)
-    init_args = (
-        jnp.int32(config.seed),
-        jnp.float32(config.optim.learning_rate),
-        jnp.float32(config.optim.clip_norm),
-    )
-    state_spec, member_spec = mesh_lib.specs(
-        jax.eval_shape(init, *init_args), replicated
-    )
-    with ThreadPoolExecutor(max_workers=1) as compiler:
-        # Initialisation and then the training program compile (GIL released) while
-        # the data loads.
-        init_ready = compilation.compile_async(
-            compiler,
-            jax.jit(init, out_shardings=replicated),
-            *init_args,
-            options=compilation.RUN_ONCE_OPTIONS,
-        )
-        chunk_ready = compilation.compile_async(
-            compiler,
-            jax.jit(program.chunk, donate_argnums=0),
-            state_spec,
-            *mesh_lib.specs((jnp.int32(0), jnp.bool_(True)), replicated),
-            mesh_lib.specs(data.pool_spec(num_pool), replicated),
-            member_spec,
-        )
-        host = data.load(config.data, resolved)
-        # Only now that config and data are known good does the workdir get touched.
-        workdir = workdir_lib.prepare(workdir)
-        dataset = data.to_device(host, replicated)
-        state, member = init_ready.result()(*init_args)
-        final_ready = compilation.compile_async(
-            compiler,
-            jax.jit(program.final_evaluation),
-            state_spec.params,
-            dataset,
-            member_spec,
-            options=compilation.RUN_ONCE_OPTIONS,
-        )
-
-        chief = mesh_lib.is_chief()
-        with contextlib.ExitStack() as stack:
-            if chief:  # the other processes of a multi-host run belong to its run
-                stack.enter_context(workdir_lib.lock(workdir))
-            checkpointer = stack.enter_context(
-                checkpoints.Checkpointer(workdir, config.checkpoint.steps)
-            )
-            state, history, seconds_before = resume(
-                checkpointer, config, state, workdir
-            )
-            run_info = {
-                "data": host.fingerprint(),
-                **workdir_lib.environment(),
-                "mesh": mesh_lib.describe(device_mesh),
-            }
-            if chief:
-                stack.enter_context(workdir_lib.log_file(workdir))
-                writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
-                writers.rewrite_metrics(workdir, history)
-                writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
-            chunk = chunk_ready.result()
-            run_info["startup_seconds"] = time.perf_counter() - start
-            plots.preload()
-
-            train_start = time.perf_counter()
-            state = loop.train_chunks(
-                config,
-                chunk,
-                state,
-                dataset.without_test(),
-                member,
-                history,
-                checkpointer,
-                workdir,
-                seconds_before,
-            )
-            run_info["train_seconds"] = (
-                seconds_before + time.perf_counter() - train_start
-            )
-            final = mesh_lib.to_host(
-                final_ready.result()(state.params, dataset, member)
-            )
-            model = nnx.merge(program.graphdef, mesh_lib.to_host(state.params))
-            results = finish(
-                config, workdir, host, history, final, model, run_info, start
-            )
-    return results

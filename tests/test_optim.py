@@ -8,8 +8,9 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
-from mnist_jax import models, optim, steps
+from mnist_jax import config_schema, models, optim, steps
 from mnist_jax.data import Dataset
+from mnist_jax.errors import ConfigError
 
 
 def _numpy_tf1_linear(x, y, lr, clip, num_steps, reduction):
@@ -88,7 +89,7 @@ def test_update_and_state_are_optax_clip_then_adagrad(grad_scale):
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.standard_normal((784, 10)), jnp.float32)}
     grads = {"w": jnp.asarray(rng.standard_normal((784, 10)) * grad_scale, jnp.float32)}
-    ours = optim.make_optimizer(0.03, 5.0)
+    ours = optim.make_optimizer("adagrad", 0.03, 5.0)
     reference = optax.chain(
         optax.clip_by_global_norm(5.0),
         optax.adagrad(0.03, initial_accumulator_value=0.1, eps=0.0),
@@ -104,3 +105,55 @@ def test_update_and_state_are_optax_clip_then_adagrad(grad_scale):
             strict=True,
         ):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+REFERENCES = {
+    "sgd": lambda: optax.sgd(0.03),
+    "momentum": lambda: optax.sgd(0.03, momentum=0.9),
+    "adam": lambda: optax.adam(0.03),
+    "adamw": lambda: optax.adamw(0.03, weight_decay=1e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("grad_scale", [0.01, 100.0])  # under and over the clip norm
+def test_every_optimizer_is_optax_behind_the_clip(name, grad_scale):
+    """Each registered optimizer with its default fields: the clip by global norm, then
+    optax's own optimizer, whatever the gradients' size."""
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(rng.standard_normal((50, 10)), jnp.float32)}
+    optim_config = config_schema.default_config().optim
+    optim_config.name = name
+    fields = optim.OPTIMIZERS.arguments(optim_config)
+    ours = optim.make_optimizer(name, 0.03, 5.0, **fields)
+    reference = optax.chain(optax.clip_by_global_norm(5.0), REFERENCES[name]())
+    state, expected_state = ours.init(params), reference.init(params)
+    for _step in range(3):
+        grads = {
+            "w": jnp.asarray(rng.standard_normal((50, 10)) * grad_scale, jnp.float32)
+        }
+        updates, state = ours.update(grads, state, params)
+        expected, expected_state = reference.update(grads, expected_state, params)
+        np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-5, atol=1e-8)
+        params = optax.apply_updates(params, updates)
+
+
+def test_a_field_the_optimizer_does_not_read_is_refused():
+    config = config_schema.default_config()
+    config.optim.momentum = 0.5  # adagrad has no momentum
+    with pytest.raises(
+        ConfigError, match="optim.momentum=0.5 is not used by optim 'adagrad'"
+    ):
+        config_schema.validate(config)
+    config.optim.name = "momentum"
+    config_schema.validate(config)
+
+
+def test_unknown_optimizer_names_the_choices():
+    config = config_schema.default_config()
+    config.optim.name = "lion"
+    with pytest.raises(
+        ConfigError,
+        match="optim.name='lion' is not one of adagrad, sgd, momentum, adam, adamw",
+    ):
+        config_schema.validate(config)

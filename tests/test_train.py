@@ -16,6 +16,7 @@ RESULT_KEYS = {
     "test/log_loss",
     "num_steps",
     "train_seconds",
+    "warnings",
 }
 PERIOD_KEYS = {
     "step",
@@ -55,7 +56,7 @@ def test_smoke_run_writes_every_workdir_file(smoke_run):
 
     assert list(workdir.glob("events.out.tfevents.*"))
     log_lines = (workdir / "train.log").read_text().splitlines()
-    assert "step 10/20" in log_lines[0] and "test accuracy" in log_lines[-1]
+    assert "step 10/20" in log_lines[0] and "test/accuracy" in log_lines[-1]
     for figure in (
         "log_loss.png",
         "confusion_matrix.png",
@@ -66,18 +67,18 @@ def test_smoke_run_writes_every_workdir_file(smoke_run):
     assert not list(workdir.glob(".*tmp*"))  # atomic writes leave no temp files
 
 
-def test_linear_run_has_no_weight_figure(tmp_path):
+def test_linear_run_draws_its_class_templates(tmp_path):
     config = linear.get_config("smoke")
     config.train.num_steps, config.train.num_periods = 4, 1
     train.train_and_evaluate(config, tmp_path)
     assert (tmp_path / "confusion_matrix.png").exists()
-    assert not (tmp_path / "first_layer_weights.png").exists()
+    assert (tmp_path / "first_layer_weights.png").exists()  # 10 units: the classes
 
 
 def test_same_seed_same_numbers(smoke_run, tmp_path):
     _, first = smoke_run
     again = train.train_and_evaluate(mlp.get_config("smoke"), tmp_path / "again")
-    for key in RESULT_KEYS - {"train_seconds"}:
+    for key in RESULT_KEYS - {"train_seconds", "warnings"}:
         assert again[key] == first[key], key
     assert writers.read_metrics(tmp_path / "again") == writers.read_metrics(
         smoke_run[0]
@@ -128,12 +129,14 @@ def test_blocked_evaluation_scores_every_row_as_one_pass_would(num_rows):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((num_rows, 784), np.float32))
     y = jnp.asarray(rng.integers(0, 10, num_rows), jnp.int32)
-    losses, predictions = jax.jit(program.row_scores)(state.params, x, y)
+    values, predictions = jax.jit(program.row_scores)(state.params, x, y)
     logits = program.logits(state.params, x)
-    assert losses.shape == predictions.shape == (num_rows,)
-    np.testing.assert_allclose(
-        losses, metrics.example_log_loss(logits, y), rtol=1e-5, atol=1e-6
-    )
+    assert set(values) == set(metrics.METRICS)
+    for name, metric in metrics.METRICS.items():
+        assert values[name].shape == predictions.shape == (num_rows,)
+        np.testing.assert_allclose(
+            values[name], metric.per_row(logits, y), rtol=1e-5, atol=1e-6
+        )
     np.testing.assert_array_equal(predictions, jnp.argmax(logits, axis=-1))
 
 
@@ -152,8 +155,10 @@ def test_cli_run_leaves_everything_written_after_its_quick_exit(tmp_path):
     assert result.returncode == 0, result.stderr
     assert checkpoints.available_steps(workdir) == [5, 10, 20]
     restored = checkpoints.restore_model(workdir, 20)  # the final save, whole
-    assert restored.first_layer_kernel.shape == (784, 100)
-    assert "Validation accuracy" in (workdir / "train.log").read_text().splitlines()[-1]
+    assert restored.first_layer().shape == (784, 100)
+    assert (
+        "Results: val/accuracy" in (workdir / "train.log").read_text().splitlines()[-1]
+    )
     assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
     assert json.loads((workdir / "results.json").read_text())["num_steps"] == 20
     for figure in ("log_loss", "confusion_matrix", "examples", "first_layer_weights"):

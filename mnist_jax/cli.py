@@ -70,6 +70,15 @@ def debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or bool(os.environ.get("MNIST_JAX_DEBUG"))
 
 
+def config_arg(argv: list[str]) -> str | None:
+    """The value `argv` gives `--config` (`--config=F`, `--config F`, one dash or two)."""
+    for i, arg in enumerate(argv[1:], start=1):
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "-config"):
+            return value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, with bad flags, overrides and config files reported in one line."""
     try:
@@ -89,6 +98,11 @@ def parse_flags(argv: list[str]) -> list[str]:
                 if problem:
                     fail(problem)
         fail(" ".join(str(e).strip("'\"").split()))
+    except UserError as e:  # e.g. get_config refusing an unknown `FILE:variant`
+        if debug_requested(argv):
+            raise
+        value = config_arg(argv)
+        fail(f"--config={value}: {e}" if value else str(e))
     except Exception as e:  # e.g. a config file that does not run
         if debug_requested(argv):
             raise

@@ -84,6 +84,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
+        # Without --config, absl blames the first override (`--config.data.path` is
+        # defined only by loading a config file) or says the value is None.
+        if (
+            "config" in flags.FLAGS
+            and not flags.FLAGS["config"].present
+            and config_arg(argv) is None
+        ):
+            fail(f"--config is missing ({flags.FLAGS['config'].help.rstrip('.')})")
         fail(" ".join(str(e).split()))
     except (
         AttributeError,

@@ -1,4 +1,4 @@
-"""The command lines' edges: config variants."""
+"""The command lines' edges: config variants, a missing --config."""
 
 import importlib
 
@@ -40,3 +40,10 @@ def test_unknown_variant_on_the_command_line(module, tmp_path):
         "unknown config variant 'smokee'; known: smoke"
     )
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("module", ["mnist_jax.main", "mnist_jax.sweep"])
+@pytest.mark.parametrize("overrides", [(), ("--config.data.path=foo",)])
+def test_missing_config_is_named(module, overrides, tmp_path):
+    result = run_module(module, f"--workdir={tmp_path}", *overrides)
+    assert _one_error_line(result).startswith("error: --config is missing (")

@@ -128,6 +128,13 @@ def exit_without_teardown(code: int = 0) -> None:
     os._exit(code)
 
 
+def on_console(record: logging.LogRecord) -> bool:
+    """Whether a log line goes to the console: not one logged with
+    `extra={"console": False}`, a line for `train.log` that the program prints itself
+    (an interruption's message, printed once as its `error:` line)."""
+    return getattr(record, "console", True)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """`absl.app.run(main)` with one-line user errors, quiet library logs and a quick
     exit."""
@@ -138,6 +145,8 @@ def run(main: Callable[[list[str]], None]) -> None:
         # Orbax and JAX log every save and backend probe at INFO; keep our own lines.
         for chatty in ("absl", "jax"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(on_console)
         if _CACHE.value:
             from mnist_jax import compilation
 

@@ -1,11 +1,16 @@
-"""The command lines' edges: config variants, a missing --config."""
+"""The command lines' edges: config variants, a missing --config, an interruption's
+message."""
 
 import importlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from mnist_jax.errors import ConfigError
-from tests.conftest import run_module
+from tests.conftest import REPO, run_module
 
 CONFIGS = ("default", "linear", "mlp", "sweep_linear", "sweep_mlp")
 
@@ -47,3 +52,35 @@ def test_unknown_variant_on_the_command_line(module, tmp_path):
 def test_missing_config_is_named(module, overrides, tmp_path):
     result = run_module(module, f"--workdir={tmp_path}", *overrides)
     assert _one_error_line(result).startswith("error: --config is missing (")
+
+
+def test_interruption_is_printed_once_and_logged(tmp_path):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mnist_jax.main",
+            "--config=configs/mlp.py:smoke",
+            f"--workdir={tmp_path}",
+            "--config.train.num_steps=5000",
+            "--config.train.num_periods=500",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if metrics.exists() and metrics.stat().st_size:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.count("interrupted by SIGINT") == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted by SIGINT at step ")
+    logged = (tmp_path / "train.log").read_text().strip().splitlines()[-1]
+    assert last.removeprefix("error: ") in logged and "WARNING" in logged

@@ -1,10 +1,12 @@
 """The command lines' edges: config variants, a missing --config, an interruption's
-message."""
+message, the quick exit."""
 
 import importlib
+import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -84,3 +86,34 @@ def test_interruption_is_printed_once_and_logged(tmp_path):
     assert last.startswith("error: interrupted by SIGINT at step ")
     logged = (tmp_path / "train.log").read_text().strip().splitlines()[-1]
     assert last.removeprefix("error: ") in logged and "WARNING" in logged
+
+
+def test_quick_exit_waits_for_non_daemon_threads(tmp_path):
+    done = tmp_path / "written.txt"
+    (tmp_path / "late_writer.py").write_text(
+        textwrap.dedent(
+            f"""
+            import threading
+            import time
+            from concurrent.futures import ThreadPoolExecutor
+
+            from mnist_jax import cli
+
+            def write():
+                time.sleep(0.5)
+                with open({str(done)!r}, "w") as f:
+                    f.write("done")
+
+            def main(argv):
+                threading.Thread(target=write).start()
+                # An idle pool worker: joining it without the pool's shutdown hangs.
+                ThreadPoolExecutor(1).submit(int).result()
+
+            cli.run(main)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    result = run_module("late_writer", env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert done.read_text() == "done"

@@ -1,5 +1,5 @@
 """The command lines' edges: config variants, a missing --config, an interruption's
-message, the quick exit."""
+message, the quick exit, and configs loaded by path from outside the repository."""
 
 import importlib
 import os
@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from configs import mlp, sweep_mlp
+from mnist_jax import config_files
 from mnist_jax.errors import ConfigError
 from tests.conftest import REPO, run_module
 
@@ -117,3 +119,56 @@ def test_quick_exit_waits_for_non_daemon_threads(tmp_path):
     result = run_module("late_writer", env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert done.read_text() == "done"
+
+
+def test_load_config_by_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    absolute = config_files.load_config(f"{REPO}/configs/mlp.py:smoke")
+    assert absolute.to_dict() == mlp.get_config("smoke").to_dict()
+    # relative: the working directory's file first, else the repository's
+    assert config_files.load_config("configs/sweep_mlp.py").to_dict() == (
+        sweep_mlp.get_config().to_dict()
+    )
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mlp.py").write_text(
+        "def get_config(arg=None):\n    return {'arg': arg}\n"
+    )
+    assert config_files.load_config("configs/mlp.py:x") == {"arg": "x"}
+    assert config_files.load_config("configs/mlp.py") == {"arg": None}
+
+
+def test_load_config_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^config file 'nope\.py:smoke' not found"):
+        config_files.load_config("nope.py:smoke")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match=r"empty\.py defines no get_config"):
+        config_files.load_config("empty.py")
+    with pytest.raises(ConfigError, match="^unknown config variant 'big'"):
+        config_files.load_config("configs/linear.py:big")
+
+
+def test_readme_notebook_snippet_outside_the_repository(tmp_path):
+    """As after `pip install -e .`: mnist_jax importable, `configs` not."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mnist_jax").symlink_to(REPO / "mnist_jax")
+    code = textwrap.dedent(
+        """
+        import importlib.util
+        assert importlib.util.find_spec("configs") is None
+        from mnist_jax.config_files import load_config
+        config = load_config("configs/mlp.py:smoke")
+        print(config.model.name, config.train.num_steps)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["mlp", "20"]

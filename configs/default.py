@@ -11,4 +11,4 @@ from mnist_jax import config_schema
 
 def get_config(arg=None):
     config = config_schema.default_config()
-    return config_schema.smoke(config) if arg == "smoke" else config
+    return config_schema.variant(config, arg, {"smoke": config_schema.smoke})

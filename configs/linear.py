@@ -15,4 +15,4 @@ def get_config(arg=None):
     config = config_schema.default_config()
     config.model.name = "linear"  # Softmax regression on the 784 pixels.
     config.optim.learning_rate = 0.03  # The notebook's solution.
-    return config_schema.smoke(config) if arg == "smoke" else config
+    return config_schema.variant(config, arg, {"smoke": config_schema.smoke})

@@ -20,4 +20,4 @@ def get_config(arg=None):
     )
     config.model.hidden_units = (100, 100)  # The notebook's solution.
     config.optim.learning_rate = 0.05  # The notebook's solution.
-    return config_schema.smoke(config) if arg == "smoke" else config
+    return config_schema.variant(config, arg, {"smoke": config_schema.smoke})

@@ -19,14 +19,7 @@ def get_config(arg=None):
     config = config_schema.default_config()
     config.model.name = "linear"
     config.optim.learning_rate = 0.03
-    if arg == "smoke":
-        smoke_axes = {
-            "optim.learning_rate": (0.01, 0.1),
-            "train.batch_size": (10, 30),
-            "seed": (0, 1),
-        }
-        return config_schema.with_sweep(config_schema.smoke(config), smoke_axes)
-    return config_schema.with_sweep(
+    config = config_schema.with_sweep(
         config,
         {
             # Adagrad step sizes around the notebook's choice.
@@ -37,3 +30,14 @@ def get_config(arg=None):
             "seed": (0, 1, 2),
         },
     )
+    return config_schema.variant(config, arg, {"smoke": smoke})
+
+
+def smoke(config):
+    """A few-second sweep for tests: 8 members on the smoke config's data and steps."""
+    smoke_axes = {
+        "optim.learning_rate": (0.01, 0.1),
+        "train.batch_size": (10, 30),
+        "seed": (0, 1),
+    }
+    return config_schema.with_sweep(config_schema.smoke(config), smoke_axes)

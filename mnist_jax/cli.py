@@ -10,6 +10,7 @@ import atexit
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 
 from absl import app, flags
@@ -70,11 +71,28 @@ def debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or bool(os.environ.get("MNIST_JAX_DEBUG"))
 
 
+def config_arg(argv: list[str]) -> str | None:
+    """The value `argv` gives `--config` (`--config=F`, `--config F`, one dash or two)."""
+    for i, arg in enumerate(argv[1:], start=1):
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "-config"):
+            return value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, with bad flags, overrides and config files reported in one line."""
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
+        # Without --config, absl blames the first override (`--config.data.path` is
+        # defined only by loading a config file) or says the value is None.
+        if (
+            "config" in flags.FLAGS
+            and not flags.FLAGS["config"].present
+            and config_arg(argv) is None
+        ):
+            fail(f"--config is missing ({flags.FLAGS['config'].help.rstrip('.')})")
         fail(" ".join(str(e).split()))
     except (
         AttributeError,
@@ -89,6 +107,11 @@ def parse_flags(argv: list[str]) -> list[str]:
                 if problem:
                     fail(problem)
         fail(" ".join(str(e).strip("'\"").split()))
+    except UserError as e:  # e.g. get_config refusing an unknown `FILE:variant`
+        if debug_requested(argv):
+            raise
+        value = config_arg(argv)
+        fail(f"--config={value}: {e}" if value else str(e))
     except Exception as e:  # e.g. a config file that does not run
         if debug_requested(argv):
             raise
@@ -99,11 +122,29 @@ def exit_without_teardown(code: int = 0) -> None:
     """Ends a finished program the quick way: runs the atexit handlers (JAX's multi-host
     shutdown, logging's flushes) but skips the interpreter's teardown of ~2,000 modules
     and XLA's static destructors, ~0.5 s of a 5 s run. Call it only once every file the
-    program wrote is closed."""
+    program wrote is closed.
+
+    While a non-daemon thread (a writer, a profiler) still runs, `os._exit` would kill
+    it mid-work: then it exits the normal way, whose thread shutdown waits for it (and
+    first stops `concurrent.futures`' idle workers, on which a plain `join` would wait
+    forever)."""
+    current = threading.current_thread()
+    if any(
+        t is not current and t is not threading.main_thread() and not t.daemon
+        for t in threading.enumerate()
+    ):
+        sys.exit(code)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def on_console(record: logging.LogRecord) -> bool:
+    """Whether a log line goes to the console: not one logged with
+    `extra={"console": False}`, a line for `train.log` that the program prints itself
+    (an interruption's message, printed once as its `error:` line)."""
+    return getattr(record, "console", True)
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -116,6 +157,8 @@ def run(main: Callable[[list[str]], None]) -> None:
         # Orbax and JAX log every save and backend probe at INFO; keep our own lines.
         for chatty in ("absl", "jax"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(on_console)
         if _CACHE.value:
             from mnist_jax import startup
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
+from collections.abc import Callable
 
 import ml_collections
 
@@ -85,6 +86,23 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.train.num_periods = 2
     config.checkpoint.steps = (5, 10, 20)
     return config
+
+
+def variant(
+    config: ml_collections.ConfigDict,
+    arg: str | None,
+    known: dict[str, Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]],
+) -> ml_collections.ConfigDict:
+    """`get_config(arg)`'s answer to `--config=FILE:arg`: `config` itself when there is
+    no `arg`, `known[arg](config)` for a known one, a `ConfigError` naming them for any
+    other (a typo must not silently run the full config)."""
+    if not arg:
+        return config
+    if arg not in known:
+        raise ConfigError(
+            f"unknown config variant {arg!r}; known: {', '.join(sorted(known))}"
+        )
+    return known[arg](config)
 
 
 def set_field(config, name: str, value) -> None:

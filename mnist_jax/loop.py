@@ -85,7 +85,8 @@ def train_chunks(
                     f"interrupted by {name} at step {done}: checkpoint saved in "
                     f"{checkpointer.directory}; run the same command to resume"
                 )
-                log.warning("%s", message)
+                # For train.log only: the command line prints it once, as its error.
+                log.warning("%s", message, extra={"console": False})
                 raise Interrupted(message, received[0])
     return state
 

@@ -306,7 +306,10 @@ if __name__ == "__main__":
     from mnist_jax import cli
 
     config_flags.DEFINE_config_file(
-        "config", None, "Sweep config file.", lock_config=True
+        "config",
+        None,
+        "Sweep config file, e.g. configs/sweep_mlp.py or configs/sweep_mlp.py:smoke.",
+        lock_config=True,
     )
     flags.DEFINE_string("workdir", None, "Where the sweep writes its files.")
     flags.DEFINE_integer(

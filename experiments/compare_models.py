@@ -2,73 +2,47 @@
 second learning goal.
 
     python experiments/compare_models.py --workdirs=W1,W2[,...] [--names=linear,mlp]
+        [--out=DIR] [--overwrite] [--data_path=DIR]
 
 Writes `comparison.md` (accuracy and log-loss table, links to the figures),
 `comparison_log_loss.png` (overlaid curves) and `comparison_confusion.png` (validation
-confusion matrices at each run's latest checkpoint) into `W1/analysis/` or `--out`.
+confusion matrices at each run's latest checkpoint) into `--out`, by default a new
+folder `./comparison-YYYYMMDD-HHMMSS` in the current directory (never into a
+workdir). A `--out` that already holds a `comparison.md` is refused unless
+`--overwrite`. `--data_path` reads the runs' data from a folder it has moved to since
+training (it must be the same examples). In a notebook:
+`mnist_jax.reports.compare_runs`.
 """
 
-import json
-from pathlib import Path
-
-import numpy as np
 from absl import flags
 
-from mnist_jax import analysis, cli, metrics, plots, writers
-from mnist_jax.errors import UserError
+from mnist_jax import cli, reports
 
 _WORKDIRS = flags.DEFINE_list(
     "workdirs", None, "Run workdirs to compare.", required=True
 )
 _NAMES = flags.DEFINE_list("names", None, "Labels for the runs; default: model names.")
 _OUT = flags.DEFINE_string(
-    "out", None, "Output folder; default FIRST_WORKDIR/analysis."
+    "out", None, "Output folder; default a new ./comparison-YYYYMMDD-HHMMSS."
+)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace a comparison already in --out."
+)
+_DATA_PATH = flags.DEFINE_string(
+    "data_path", None, "Folder with the runs' data, if moved since training."
 )
 
 
 def main(argv) -> None:
-    workdirs = [Path(w) for w in _WORKDIRS.value]
-    runs = [analysis.load_run(w) for w in workdirs]
-    names = _NAMES.value or [f"{r.config.model.name} ({r.workdir.name})" for r in runs]
-    if len(names) != len(runs):
-        raise UserError(f"--names has {len(names)} labels for {len(runs)} workdirs")
-
-    rows, histories, confusions = [], {}, {}
-    for name, run in zip(names, runs, strict=True):
-        results_path = run.workdir / "results.json"
-        if not results_path.is_file():
-            raise UserError(f"{run.workdir}: no results.json (did the run finish?)")
-        results = json.loads(results_path.read_text())
-        rows.append(
-            {
-                "run": name,
-                **{
-                    k: results[k]
-                    for k in (
-                        "val/accuracy",
-                        "test/accuracy",
-                        "val/log_loss",
-                        "test/log_loss",
-                        "num_steps",
-                    )
-                },
-            }
-        )
-        histories[name] = writers.read_metrics(run.workdir)
-        scores = run.predict(run.params_at(run.steps[-1]), "val")
-        counts = metrics.confusion_matrix(scores["labels"], scores["predictions"])
-        confusions[name] = np.asarray(metrics.normalize_rows(counts))
-
-    out = analysis.output_dir(workdirs[0], _OUT.value)
-    plots.save(plots.plot_log_loss_overlay(histories), out / "comparison_log_loss.png")
-    plots.save(
-        plots.plot_confusion_matrices(confusions), out / "comparison_confusion.png"
+    report = reports.compare_runs(
+        _WORKDIRS.value,
+        names=_NAMES.value,
+        out=_OUT.value,
+        data_path=_DATA_PATH.value,
+        overwrite=_OVERWRITE.value,
     )
-    report = "# Model comparison\n\n" + writers.markdown_table(rows)
-    report += "\n![log loss](comparison_log_loss.png)\n\n![confusion](comparison_confusion.png)\n"
-    (out / "comparison.md").write_text(report)
-    print(report, end="")
-    print(f"Wrote comparison.md and its figures to {out}")
+    print(report.markdown, end="")
+    print(f"Wrote {', '.join(report.files)} to {report.folder}")
 
 
 if __name__ == "__main__":

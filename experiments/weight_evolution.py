@@ -1,17 +1,20 @@
 """How the first layer changes between convergence levels, from one run's checkpoints.
 
     python experiments/weight_evolution.py --workdir=W [--steps=10,100,1000] [--units=12]
+        [--out=DIR] [--data_path=DIR]
 
 Writes `weight_evolution.png` (rows = units, columns = checkpoints, one symmetric colour
 scale per unit) and `weight_evolution.csv` / `.md` (per checkpoint: validation accuracy
 and log loss, L2 distance of the first-layer weights from init and from the previous
 checkpoint, mean spatial smoothness, share of dead and ignored units) into
-`W/analysis/` or `--out`.
+`W/analysis/` or `--out`. `--data_path` reads the run's data from a folder it has
+moved to since training (it must be the same examples). In a notebook:
+`mnist_jax.reports.weight_evolution`.
 """
 
 from absl import flags
 
-from mnist_jax import analysis, cli, plots, writers
+from mnist_jax import cli, reports
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.", required=True)
 _STEPS = flags.DEFINE_list(
@@ -19,29 +22,21 @@ _STEPS = flags.DEFINE_list(
 )
 _UNITS = flags.DEFINE_integer("units", 12, "First-layer units to draw.")
 _OUT = flags.DEFINE_string("out", None, "Output folder; default WORKDIR/analysis.")
+_DATA_PATH = flags.DEFINE_string(
+    "data_path", None, "Folder with the run's data, if moved since training."
+)
 
 
 def main(argv) -> None:
-    run = analysis.load_run(_WORKDIR.value)
-    if _STEPS.value:
-        steps = [int(s) for s in _STEPS.value]
-    else:
-        steps = [s for s in run.config.checkpoint.steps if s in run.steps] or run.steps
-    params = {step: run.params_at(step) for step in steps}
-    rows = analysis.unit_table(run, params)
-    out = analysis.output_dir(run.workdir, _OUT.value)
-
-    import pandas as pd
-
-    pd.DataFrame(rows).to_csv(out / "weight_evolution.csv", index=False)
-    (out / "weight_evolution.md").write_text(writers.markdown_table(rows))
-    kernels = [analysis.first_layer_kernel(run.model(params[s])) for s in steps]
-    plots.save(
-        plots.plot_weight_evolution(kernels, steps, _UNITS.value),
-        out / "weight_evolution.png",
+    report = reports.weight_evolution(
+        _WORKDIR.value,
+        steps=[int(s) for s in _STEPS.value] if _STEPS.value else None,
+        units=_UNITS.value,
+        out=_OUT.value,
+        data_path=_DATA_PATH.value,
     )
-    print(writers.markdown_table(rows), end="")
-    print(f"Wrote weight_evolution.png, .csv and .md to {out}")
+    print(report.markdown, end="")
+    print(f"Wrote {', '.join(report.files)} to {report.folder}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from mnist_jax import checkpoints, data, metrics, plots, steps, train
-from mnist_jax.errors import UserError
+from mnist_jax.errors import DataError, UserError
 
 DEAD_UNIT_NOTE = "never active (ReLU output 0) on any validation image"
 IGNORED_UNIT_FRACTION = 0.1  # outgoing weight norm below this share of the median
@@ -72,13 +72,27 @@ class RunView:
         return nnx.merge(self.program.graphdef, params)
 
 
-def load_run(workdir: str | os.PathLike) -> RunView:
-    """Everything needed to score a workdir's checkpoints; one line if it has none."""
+def load_run(
+    workdir: str | os.PathLike, data_path: str | os.PathLike | None = None
+) -> RunView:
+    """Everything needed to score a workdir's checkpoints; one line if it has none.
+
+    The data is read from where config.json says, or from `data_path` (a folder
+    holding the run's data in either format, for data moved since training); either
+    way it must be the examples the run recorded in run_info.json (one line if not).
+    """
     workdir = Path(workdir)
     config = checkpoints.read_config(workdir)
     saved = checkpoints.available_steps(workdir)
     checkpoints.check_step(workdir, None, saved)
-    host = data.load(config.data)
+    if data_path is not None:
+        config.data.source, config.data.path = "auto", str(data_path)
+    remedy = "pass data_path (--data_path=DIR), a folder with the run's data"
+    try:
+        host = data.load(config.data)
+    except DataError as e:
+        raise DataError(f"{e}; {remedy}") from e
+    checkpoints.check_data(workdir, host, remedy)
     program, state, member = train.init_run(config, host)
     dataset = data.to_device(host)
     return RunView(workdir, config, host, dataset, program, member, state.params, saved)

@@ -16,7 +16,8 @@ from typing import Any
 from flax import nnx
 from ml_collections import ConfigDict
 
-from mnist_jax import config_schema, mesh, models
+from mnist_jax import config_schema, mesh, models, startup
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -25,6 +26,10 @@ ITEMS = ("params", "opt_state", "metadata")
 # A resumed run may change these, nothing else: more steps extend it; the mesh is
 # where it runs, not what it computes.
 RESUMABLE_FIELDS = ("train.num_steps", "mesh.shape")
+# Where the data was read from: the run's data is identified by its content instead
+# (run_info.json's `content_sha256`, checked by `check_data`), so the same data in a
+# new folder, or the same path spelt another way, is the same run.
+DATA_LOCATION_FIELDS = ("data.source", "data.path", "data.url")
 
 
 def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -37,18 +42,28 @@ def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _identity(config: dict) -> dict[str, Any]:
+    """The flat fields that make two configs the same run."""
+    ignored = RESUMABLE_FIELDS + DATA_LOCATION_FIELDS
+    return {k: v for k, v in flat_config(config).items() if k not in ignored}
+
+
 def config_hash(config: dict) -> str:
     """Identifies a run's config up to the fields a resume may change."""
-    flat = {k: v for k, v in flat_config(config).items() if k not in RESUMABLE_FIELDS}
+    flat = _identity(config)
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
-    old, new = flat_config(saved), flat_config(current)
+    """Refuses `current` on a workdir whose run was `saved`. The saved config is
+    filled onto today's defaults first, so a field added since it was written takes
+    its default rather than blocking the resume."""
+    old = _identity(with_defaults(saved).to_dict())
+    new = _identity(current)
     differing = [
         f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
         for k in sorted(old.keys() | new.keys())
-        if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k)
+        if old.get(k) != new.get(k)
     ]
     if differing:
         raise UserError(
@@ -58,12 +73,26 @@ def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
         )
 
 
-def _orbax():
-    """Orbax, imported when first used: a run then spends those ~0.2 s while its
-    programs compile, not before they can start compiling."""
-    import orbax.checkpoint as ocp
+def recorded_data_sha256(workdir: str | os.PathLike) -> str | None:
+    """The `content_sha256` of the data the run in `workdir` was trained on, from its
+    run_info.json; None for a workdir that recorded none."""
+    path = Path(workdir) / workdir_lib.RUN_INFO_FILE
+    try:
+        return json.loads(path.read_text())["data"]["content_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
-    return ocp
+
+def check_data(workdir: str | os.PathLike, host, remedy: str) -> None:
+    """Refuses data (`data.HostData`) other than the examples the run in `workdir`
+    was trained on, in one line ending with `remedy`; no check if it recorded none."""
+    expected = recorded_data_sha256(workdir)
+    if expected is None or expected == host.content_sha256:
+        return
+    raise UserError(
+        f"{workdir} was trained on data with sha256 {expected[:12]}, but "
+        f"{host.where()} holds data with sha256 {host.content_sha256[:12]}; {remedy}"
+    )
 
 
 class Checkpointer:
@@ -73,7 +102,7 @@ class Checkpointer:
     def __init__(self, workdir: str | os.PathLike, keep_steps=(), *, read_only=False):
         """`read_only` opens existing checkpoints for reading: nothing is created or
         cleaned up (and no Orbax read-only warnings)."""
-        ocp = _orbax()
+        ocp = startup.orbax()
         managers = ocp.checkpoint_managers
         policy = managers.AnyPreservationPolicy(
             [managers.LatestN(1), managers.CustomSteps(list(keep_steps))]
@@ -146,19 +175,35 @@ class Checkpointer:
         self.close()
 
 
+def with_defaults(saved: dict) -> ConfigDict:
+    """A saved config dict filled onto today's defaults, so a workdir from before a
+    field existed still reads (the field takes its default)."""
+    flat = flat_config(saved)
+    config = config_schema.default_config()
+    for name, default in config_schema.leaves(config_schema.default_config()):
+        if name in flat:
+            value = flat[name]
+            value = tuple(value) if isinstance(default, tuple) else value
+            config_schema.set_field(config, name, value)
+    return config
+
+
+def recorded_config(config: ConfigDict, resolved: tuple[str, str]) -> dict:
+    """config.json's contents: `config` with the data source that `data.resolve` chose
+    (`resolved`, never `auto`) and the path made absolute, so the run's data is found
+    again from any directory, whatever `$MNIST_JAX_DATA_DIR` or the cache say later."""
+    source, path = resolved
+    path = os.path.abspath(path) if path and source != "embedded" else ""
+    recorded = config.to_dict()
+    recorded["data"] |= {"source": source, "path": path}
+    return recorded
+
+
 def read_config(workdir: str | os.PathLike) -> ConfigDict:
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{workdir}: no {CONFIG_FILE}; is it a mnist_jax workdir?")
-    saved = flat_config(json.loads(path.read_text()))
-    # Onto today's defaults, so a workdir from before a field existed still reads.
-    config = config_schema.default_config()
-    for name, default in config_schema.leaves(config_schema.default_config()):
-        if name in saved:
-            value = saved[name]
-            value = tuple(value) if isinstance(default, tuple) else value
-            config_schema.set_field(config, name, value)
-    return config
+    return with_defaults(json.loads(path.read_text()))
 
 
 def available_steps(workdir: str | os.PathLike) -> list[int]:

@@ -6,11 +6,9 @@ stderr and exit code 2; `--debug` or `MNIST_JAX_DEBUG=1` shows the traceback ins
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable
 
 from absl import app, flags
@@ -118,28 +116,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"cannot load --config: {type(e).__name__}: {e}")
 
 
-def exit_without_teardown(code: int = 0) -> None:
-    """Ends a finished program the quick way: runs the atexit handlers (JAX's multi-host
-    shutdown, logging's flushes) but skips the interpreter's teardown of ~2,000 modules
-    and XLA's static destructors, ~0.5 s of a 5 s run. Call it only once every file the
-    program wrote is closed.
-
-    While a non-daemon thread (a writer, a profiler) still runs, `os._exit` would kill
-    it mid-work: then it exits the normal way, whose thread shutdown waits for it (and
-    first stops `concurrent.futures`' idle workers, on which a plain `join` would wait
-    forever)."""
-    current = threading.current_thread()
-    if any(
-        t is not current and t is not threading.main_thread() and not t.daemon
-        for t in threading.enumerate()
-    ):
-        sys.exit(code)
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def on_console(record: logging.LogRecord) -> bool:
     """Whether a log line goes to the console: not one logged with
     `extra={"console": False}`, a line for `train.log` that the program prints itself
@@ -154,14 +130,14 @@ def run(main: Callable[[list[str]], None]) -> None:
     def guarded(argv):
         if len(argv) > 1:
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        from mnist_jax import startup  # imports JAX: only once the flags are good
+
         # Orbax and JAX log every save and backend probe at INFO; keep our own lines.
         for chatty in ("absl", "jax"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
         for handler in logging.getLogger().handlers:
             handler.addFilter(on_console)
         if _CACHE.value:
-            from mnist_jax import startup
-
             startup.enable_persistent_cache(_CACHE.value)
         init_distributed()
         try:
@@ -173,6 +149,6 @@ def run(main: Callable[[list[str]], None]) -> None:
         except Interrupted as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(e.exit_code)
-        exit_without_teardown(0)
+        startup.exit_without_teardown(0)
 
     app.run(guarded, flags_parser=parse_flags)

@@ -8,6 +8,7 @@ indices there, so many seeds can share one copy of the data.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -48,8 +49,10 @@ class HostData:
     def num_val(self) -> int:
         return len(self.pool_labels) - self.num_train
 
-    def fingerprint(self) -> dict:
-        """Identifies the exact examples used, whatever format they came in."""
+    @functools.cached_property
+    def content_sha256(self) -> str:
+        """sha256 of the exact examples, whatever format or folder they came from: a
+        run's data identity (computed once; a run records it and resuming checks it)."""
         content = hashlib.sha256()
         for array in (
             self.pool_images,
@@ -58,10 +61,20 @@ class HostData:
             self.test_labels,
         ):
             content.update(np.ascontiguousarray(array).tobytes())
+        return content.hexdigest()
+
+    def where(self) -> str:
+        """Where the examples were read from, for messages."""
+        if not self.files or self.source == "embedded":
+            return "the embedded sample"
+        return str(Path(next(iter(self.files))).parent)
+
+    def fingerprint(self) -> dict:
+        """Identifies the exact examples used, whatever format they came in."""
         return {
             "source": self.source,
             "files": self.files,
-            "content_sha256": content.hexdigest(),
+            "content_sha256": self.content_sha256,
             "num_pool": int(len(self.pool_labels)),
             "num_train": int(self.num_train),
             "num_val": int(self.num_val),

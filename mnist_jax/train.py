@@ -157,7 +157,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             )
             state, member = init_ready.result()(*init_args)
             state, history, seconds_before = resume(
-                checkpointer, config, state, workdir
+                checkpointer, config, state, workdir, host
             )
             run_info = {
                 "data": host.fingerprint(),
@@ -166,7 +166,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             }
             if chief:
                 stack.enter_context(workdir_lib.log_file(workdir))
-                writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+                recorded = checkpoints.recorded_config(config, source)
+                writers.write_json(workdir / workdir_lib.CONFIG_FILE, recorded)
                 writers.rewrite_metrics(workdir, history)
                 writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
             chunk = chunk_ready.result()
@@ -238,10 +239,15 @@ def write_outputs(workdir, results, history, final, model, host) -> None:
 
 
 def resume(
-    checkpointer: checkpoints.Checkpointer, config, state: steps.TrainState, workdir
+    checkpointer: checkpoints.Checkpointer,
+    config,
+    state: steps.TrainState,
+    workdir,
+    host: data.HostData | None = None,
 ):
     """The latest checkpoint's state, metrics history and training seconds so far, or the
-    fresh `state` with none; refuses a checkpoint written under another config."""
+    fresh `state` with none; refuses a checkpoint written under another config, or
+    (given `host`) on other data than the run recorded."""
     step = checkpointer.latest_step()
     if step is None:
         return state, [], 0.0
@@ -254,6 +260,12 @@ def resume(
             f"({type(e).__name__}); move it away to resume from an earlier one"
         ) from e
     checkpoints.check_resumable(saved_config, config.to_dict(), workdir)
+    if host is not None:
+        checkpoints.check_data(
+            workdir,
+            host,
+            "point --config.data.path at the run's data, or use a new --workdir",
+        )
     if step > config.train.num_steps:
         raise UserError(
             f"{workdir} has a checkpoint at step {step}, beyond train.num_steps="

@@ -20,10 +20,10 @@ def workdirs(tmp_path_factory):
     return root / "mlp", root / "linear"
 
 
-def _script(name, *args):
+def _script(name, *args, cwd=REPO):
     return subprocess.run(
         [sys.executable, str(REPO / "experiments" / f"{name}.py"), *args],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=180,
@@ -83,6 +83,24 @@ def test_compare_models(workdirs, tmp_path):
     assert "| linear |" in report and "| mlp |" in report
     for figure in ("comparison_log_loss.png", "comparison_confusion.png"):
         assert (tmp_path / figure).exists()
+
+
+def test_compare_models_writes_a_new_folder_and_never_overwrites(workdirs, tmp_path):
+    args = (f"--workdirs={workdirs[1]},{workdirs[0]}", "--names=linear,mlp")
+    result = _script("compare_models", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (folder,) = tmp_path.glob("comparison-*")
+    assert (folder / "comparison.md").is_file()
+    assert not (workdirs[1] / "analysis" / "comparison.md").exists()
+
+    result = _script("compare_models", *args, f"--out={folder}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {folder} already holds a comparison.md; choose another --out, or "
+        "pass --overwrite to replace it"
+    )
+    result = _script("compare_models", *args, f"--out={folder}", "--overwrite")
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ def train_chunks(
             nonfinite, scores = mesh_lib.to_host((nonfinite, scores))
             if int(nonfinite) >= 0:
                 error = diverged(config, int(nonfinite) + 1, last_saved)
-                log.error("%s", error)
+                log.error("%s", error, extra={"console": False})
                 raise error
             state, done = candidate, end
             if evaluate:

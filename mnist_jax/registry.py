@@ -44,6 +44,10 @@ class Registry:
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Removes an entry (a model defined for one notebook session or test)."""
+        self._entries.pop(name, None)
+
     def names(self) -> list[str]:
         return list(self._entries)
 

@@ -81,7 +81,7 @@ def test_a_model_holding_other_state_than_params_is_refused():
         with pytest.raises(ConfigError, match=r"state other than nnx.Param \(norm/"):
             models.make_model(_config(name="test_batchnorm"), seed=0)
     finally:
-        registry._entries.pop("test_batchnorm")
+        registry.unregister("test_batchnorm")
 
 
 def test_registering_a_field_with_another_default_is_refused():

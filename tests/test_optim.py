@@ -157,3 +157,18 @@ def test_unknown_optimizer_names_the_choices():
         match="optim.name='lion' is not one of adagrad, sgd, momentum, adam, adamw",
     ):
         config_schema.validate(config)
+
+
+def test_the_optimizer_is_a_sweep_axis(tmp_path):
+    from configs import sweep_mlp
+    from mnist_jax import sweep
+
+    config = config_schema.with_sweep(
+        sweep_mlp.smoke(sweep_mlp.get_config()),
+        {"optim.name": ("adagrad", "adam"), "optim.learning_rate": (0.01,)},
+    )
+    rows = sweep.run_sweep(config, tmp_path)
+    assert [r["optim.name"] for r in rows] == ["adagrad", "adam"]
+    assert rows[0]["val/log_loss"] != rows[1]["val/log_loss"]
+    table = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert "optim.name" in table[0] and "adam" in table[2]

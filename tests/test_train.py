@@ -197,3 +197,16 @@ def test_cli_bad_input_is_one_line(tmp_path, override, message):
     assert last.startswith("error: ") and message in last, last
     assert "Traceback" not in result.stderr
     assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_a_run_at_chance_level_says_so(tmp_path, caplog):
+    config = mlp.get_config("smoke")
+    config.optim.learning_rate = 1e6  # finite, but it learns nothing
+    config.train.num_steps, config.train.num_periods = 10, 1
+    results = train.train_and_evaluate(config, tmp_path)
+    assert results["val/accuracy"] < 0.2
+    assert results["warnings"] and "chance" in results["warnings"][0]
+    assert json.loads((tmp_path / "results.json").read_text())["warnings"]
+    assert any(
+        "chance" in r.message for r in caplog.records if r.levelname == "WARNING"
+    )

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoints, data, schedule, train, writers
+from mnist_jax import analysis, checkpoints, data, schedule, train, writers
 from mnist_jax.errors import UserError
 from tests.conftest import copy_workdir
 from tests.run_helper import config as resumable_config
@@ -132,3 +132,26 @@ def test_missing_checkpoints_and_steps_are_named(resumable_run, tmp_path):
     with pytest.raises(UserError, match="no checkpoints"):
         checkpoints.restore_model(tmp_path)
     assert checkpoints.available_steps(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "shared", ["mlp_smoke_run", "linear_smoke_run", "resumable_run"]
+)
+def test_last_checkpoint_scores_what_results_json_says(request, shared):
+    """The last checkpoint of a finished run, restored and scored on the run's own
+    validation and test rows, gives results.json's numbers: the checkpoint is the model
+    the results describe."""
+    workdir, _ = request.getfixturevalue(shared)
+    results = json.loads((workdir / "results.json").read_text())
+    run = analysis.load_run(workdir)
+    assert run.steps[-1] == results["num_steps"]
+    params = run.params_at(run.steps[-1])
+    for split in ("val", "test"):
+        scores = run.predict(params, split)
+        # float32 means over 250-1,000 rows, summed in another order
+        assert scores["log_loss"] == pytest.approx(
+            results[f"{split}/log_loss"], rel=1e-5
+        ), split
+        assert scores["accuracy"] == pytest.approx(
+            results[f"{split}/accuracy"], abs=1e-7
+        ), split

@@ -1,10 +1,11 @@
 """Makes the suite strict and self-contained: rank promotion is an error (catches
-(N, 1) vs (N,) label bugs), no test touches the user's cache, figures draw headless."""
+(N, 1) vs (N,) label bugs), no test touches the user's cache, figures draw headless.
+Also the finished runs the whole session shares, trained once each."""
 
 import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -13,7 +14,9 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-REPO = Path(__file__).resolve().parents[1]
+from tests import processes  # noqa: E402
+
+REPO = processes.REPO
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 _USER_DATA_DIR = os.environ.get("MNIST_JAX_DATA_DIR")  # read before tests unset it
 
@@ -40,14 +43,68 @@ def mnist_dir() -> Path:
     return folder
 
 
-def run_module(module: str, *args: str, timeout: float = 120, **kwargs):
-    """`python -m module args...` from the repository root, output captured: how the
-    tests run the command lines the way a user does."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kwargs,
+class Run(NamedTuple):
+    """A finished run shared by the whole session. Read it, never write into it: a test
+    that changes a workdir trains its own or works on a `copy_workdir`. Any change to
+    its files is reported as an error when the session ends."""
+
+    workdir: Path
+    results: dict  # what train_and_evaluate returned (results.json's contents)
+
+
+def copy_workdir(run: Run, destination: Path) -> Path:
+    """A private copy of a shared run's workdir, for a test that writes into one."""
+    return Path(shutil.copytree(run.workdir, destination))
+
+
+def _files(workdir: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(workdir)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _shared_run(tmp_path_factory, name: str, config):
+    from mnist_jax import train
+
+    # Session fixtures are set up before the per-test isolation above applies.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MNIST_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+        patch.delenv("MNIST_JAX_DATA_DIR", raising=False)
+        workdir = tmp_path_factory.mktemp(name)
+        results = train.train_and_evaluate(config, workdir)
+    before = _files(workdir)
+    yield Run(workdir, results)
+    after = _files(workdir)
+    changed = sorted(
+        name
+        for name in before.keys() | after.keys()
+        if before.get(name) != after.get(name)
     )
+    assert not changed, f"a test wrote into the shared run {workdir}: {changed}"
+
+
+@pytest.fixture(scope="session")
+def mlp_smoke_run(tmp_path_factory):
+    """`configs/mlp.py:smoke`, trained once."""
+    from configs import mlp
+
+    yield from _shared_run(tmp_path_factory, "mlp_smoke", mlp.get_config("smoke"))
+
+
+@pytest.fixture(scope="session")
+def linear_smoke_run(tmp_path_factory):
+    """`configs/linear.py:smoke`, trained once."""
+    from configs import linear
+
+    yield from _shared_run(tmp_path_factory, "linear_smoke", linear.get_config("smoke"))
+
+
+@pytest.fixture(scope="session")
+def resumable_run(tmp_path_factory):
+    """`tests/run_helper.py`'s config (200 steps, 10 periods, dropout), uninterrupted:
+    what every interrupted-and-resumed run must equal, bitwise."""
+    from tests import run_helper
+
+    yield from _shared_run(tmp_path_factory, "resumable", run_helper.config())

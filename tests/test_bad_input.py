@@ -11,16 +11,16 @@ import pytest
 from configs import mlp
 from mnist_jax import sources, train
 from mnist_jax.errors import UserError
-from tests.conftest import run_module
+from tests import processes
+from tests.conftest import copy_workdir
 from tests.test_data import _idx_bytes, write_idx_dir, write_mlcc_dir
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A finished run whose files must survive every bad input untouched."""
-    path = tmp_path_factory.mktemp("finished")
-    train.train_and_evaluate(mlp.get_config("smoke"), path)
-    return path
+def workdir(tmp_path_factory, mlp_smoke_run):
+    """A finished run whose files must survive every bad input untouched (a copy of the
+    shared one: a refused run still takes the workdir's lock)."""
+    return copy_workdir(mlp_smoke_run, tmp_path_factory.mktemp("finished") / "run")
 
 
 def _snapshot(path):
@@ -258,7 +258,7 @@ def test_cli_bad_input_exit_2_no_traceback(workdir, tmp_path, args, message):
     )
     before = _snapshot(workdir)
     args = [a.format(data=tmp_path / "data") for a in args]
-    result = run_module(
+    result = processes.run(
         "mnist_jax.main", "--config=configs/mlp.py:smoke", f"--workdir={workdir}", *args
     )
     assert result.returncode == 2
@@ -266,7 +266,7 @@ def test_cli_bad_input_exit_2_no_traceback(workdir, tmp_path, args, message):
     assert lines[-1].startswith("error: ") and message in lines[-1]
     assert "Traceback" not in result.stderr
     assert _snapshot(workdir) == before
-    debug = run_module(
+    debug = processes.run(
         "mnist_jax.main",
         "--config=configs/mlp.py:smoke",
         f"--workdir={workdir}",

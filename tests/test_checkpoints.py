@@ -1,20 +1,21 @@
 import json
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import mlp
-from mnist_jax import checkpoints, data, train, writers
+from mnist_jax import analysis, checkpoints, data, schedule, train, writers
 from mnist_jax.errors import UserError
+from tests.conftest import copy_workdir
+from tests.run_helper import config as resumable_config
 
 
-def _config(num_steps=40, **checkpoint):
-    config = mlp.get_config("smoke")
-    config.train.num_steps = num_steps
-    config.train.num_periods = 4
-    config.model.dropout_rate = 0.2  # exercises the per-step dropout keys on resume
+def _config(num_steps=200, **checkpoint):
+    """The shared `resumable_run`'s config (dropout on, so a resume must also get the
+    per-step dropout keys right), with other checkpoint fields if given."""
+    config = resumable_config(num_steps)
     for field, value in checkpoint.items():
         config.checkpoint[field] = value
     return config
@@ -24,20 +25,14 @@ def _numbers(results):
     return {k: v for k, v in results.items() if k != "train_seconds"}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    return workdir, train.train_and_evaluate(_config(), workdir)
-
-
-def test_saved_steps_are_the_requested_ones(uninterrupted, tmp_path):
-    workdir, _ = uninterrupted
-    # kept 5, 10, 20 and the final 40; the rolling period-end save at 30 is gone
-    assert checkpoints.available_steps(workdir) == [5, 10, 20, 40]
+def test_saved_steps_are_the_requested_ones(resumable_run, tmp_path):
+    workdir, _ = resumable_run
+    # kept 5, 10, 20 and the final 200; the rolling period-end saves (20, 40, ...) gone
+    assert checkpoints.available_steps(workdir) == [5, 10, 20, 200]
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
         "10",
         "20",
-        "40",
+        "200",
         "5",
     ]
 
@@ -46,50 +41,51 @@ def test_saved_steps_are_the_requested_ones(uninterrupted, tmp_path):
     assert checkpoints.available_steps(tmp_path) == [3, 15, 20]
 
 
-def test_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, monkeypatch):
-    workdir, expected = uninterrupted
+def test_resumed_run_equals_uninterrupted(resumable_run, tmp_path, monkeypatch):
+    workdir, expected = resumable_run
     original = writers.MetricWriter.write_scalars
 
-    def crash_at_30(self, step, scalars):
-        if step == 30:
+    def crash_at_60(self, step, scalars):
+        if step == 60:
             raise KeyboardInterrupt("simulated interruption")
         original(self, step, scalars)
 
-    monkeypatch.setattr(writers.MetricWriter, "write_scalars", crash_at_30)
+    monkeypatch.setattr(writers.MetricWriter, "write_scalars", crash_at_60)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(_config(), tmp_path)
-    assert checkpoints.available_steps(tmp_path) == [5, 10, 20]  # async saves not lost
+    # the kept steps and the latest period end: async saves are not lost
+    assert checkpoints.available_steps(tmp_path) == [5, 10, 20, 40]
     monkeypatch.setattr(writers.MetricWriter, "write_scalars", original)
 
     resumed = train.train_and_evaluate(_config(), tmp_path)
     assert _numbers(resumed) == _numbers(expected)
     assert writers.read_metrics(tmp_path) == writers.read_metrics(workdir)
     a, b = (
-        checkpoints.restore_model(tmp_path, 40),
-        checkpoints.restore_model(workdir, 40),
+        checkpoints.restore_model(tmp_path, 200),
+        checkpoints.restore_model(workdir, 200),
     )
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
-def test_raising_num_steps_extends_a_finished_run(uninterrupted, tmp_path):
-    _, expected = uninterrupted
-    train.train_and_evaluate(_config(num_steps=20), tmp_path)
-    extended = train.train_and_evaluate(_config(num_steps=40), tmp_path)
+def test_raising_num_steps_extends_a_finished_run(resumable_run, tmp_path):
+    _, expected = resumable_run
+    short, full = _config(num_steps=20), _config()
+    train.train_and_evaluate(short, tmp_path)
+    extended = train.train_and_evaluate(full, tmp_path)
     assert _numbers(extended) == _numbers(expected)
-    # the 20-step run evaluated at 5, 10, 15, 20; the extension at its own period ends
-    assert [r["step"] for r in writers.read_metrics(tmp_path)] == [
-        5,
-        10,
-        15,
-        20,
-        30,
-        40,
+    # the 20-step run evaluated at its period ends; the extension at its own after 20
+    evaluated = schedule.period_ends(20, short.train.num_periods)
+    evaluated += [
+        s for s in schedule.period_ends(200, full.train.num_periods) if s > 20
     ]
+    assert [r["step"] for r in writers.read_metrics(tmp_path)] == evaluated
 
 
-def test_other_config_is_refused_naming_the_fields(uninterrupted):
-    workdir, _ = uninterrupted
+def test_other_config_is_refused_naming_the_fields(resumable_run, tmp_path):
+    workdir = copy_workdir(
+        resumable_run, tmp_path / "copy"
+    )  # the refusal takes its lock
 
     def snapshot():  # everything but the lock file, which records who holds the workdir
         return {
@@ -97,17 +93,18 @@ def test_other_config_is_refused_naming_the_fields(uninterrupted):
         }
 
     before = snapshot()
-    config = _config()
-    config.optim.learning_rate = 0.1
-    config.seed = 3
-    with pytest.raises(
-        UserError,
-        match=r"differing fields: optim.learning_rate \(0.05 -> 0.1\), seed \(0 -> 3\)",
-    ):
+    saved, config = _config(), _config()
+    config.optim.learning_rate = saved.optim.learning_rate * 2
+    config.seed = saved.seed + 3
+    differing = (
+        f"differing fields: optim.learning_rate ({saved.optim.learning_rate} -> "
+        f"{config.optim.learning_rate}), seed ({saved.seed} -> {config.seed})"
+    )
+    with pytest.raises(UserError, match=re.escape(differing)):
         train.train_and_evaluate(config, workdir)
     assert snapshot() == before
     with pytest.raises(
-        UserError, match="checkpoint at step 40, beyond train.num_steps=20"
+        UserError, match="checkpoint at step 200, beyond train.num_steps=20"
     ):
         train.train_and_evaluate(_config(num_steps=20), workdir)
 
@@ -126,12 +123,35 @@ def test_restored_model_predicts_what_the_live_one_did(tmp_path):
     np.testing.assert_array_equal(restored(dataset.test_x), live)
 
 
-def test_missing_checkpoints_and_steps_are_named(uninterrupted, tmp_path):
-    workdir, _ = uninterrupted
+def test_missing_checkpoints_and_steps_are_named(resumable_run, tmp_path):
+    workdir, _ = resumable_run
     with pytest.raises(
-        UserError, match="no checkpoint at step 7; available: 5, 10, 20, 40"
+        UserError, match="no checkpoint at step 7; available: 5, 10, 20, 200"
     ):
         checkpoints.restore_model(workdir, 7)
     with pytest.raises(UserError, match="no checkpoints"):
         checkpoints.restore_model(tmp_path)
     assert checkpoints.available_steps(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "shared", ["mlp_smoke_run", "linear_smoke_run", "resumable_run"]
+)
+def test_last_checkpoint_scores_what_results_json_says(request, shared):
+    """The last checkpoint of a finished run, restored and scored on the run's own
+    validation and test rows, gives results.json's numbers: the checkpoint is the model
+    the results describe."""
+    workdir, _ = request.getfixturevalue(shared)
+    results = json.loads((workdir / "results.json").read_text())
+    run = analysis.load_run(workdir)
+    assert run.steps[-1] == results["num_steps"]
+    params = run.params_at(run.steps[-1])
+    for split in ("val", "test"):
+        scores = run.predict(params, split)
+        # float32 means over 250-1,000 rows, summed in another order
+        assert scores["log_loss"] == pytest.approx(
+            results[f"{split}/log_loss"], rel=1e-5
+        ), split
+        assert scores["accuracy"] == pytest.approx(
+            results[f"{split}/accuracy"], abs=1e-7
+        ), split

@@ -4,8 +4,6 @@ message, the quick exit, and configs loaded by path from outside the repository.
 import importlib
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -14,7 +12,8 @@ import pytest
 from configs import mlp, sweep_mlp
 from mnist_jax import config_files
 from mnist_jax.errors import ConfigError
-from tests.conftest import REPO, run_module
+from tests import processes
+from tests.processes import REPO
 
 CONFIGS = ("default", "linear", "mlp", "sweep_linear", "sweep_mlp")
 
@@ -41,7 +40,7 @@ def test_every_config_refuses_an_unknown_variant(name):
 
 @pytest.mark.parametrize("module", ["mnist_jax.main", "mnist_jax.sweep"])
 def test_unknown_variant_on_the_command_line(module, tmp_path):
-    result = run_module(
+    result = processes.run(
         module, "--config=configs/mlp.py:smokee", f"--workdir={tmp_path / 'w'}"
     )
     assert _one_error_line(result) == (
@@ -54,25 +53,17 @@ def test_unknown_variant_on_the_command_line(module, tmp_path):
 @pytest.mark.parametrize("module", ["mnist_jax.main", "mnist_jax.sweep"])
 @pytest.mark.parametrize("overrides", [(), ("--config.data.path=foo",)])
 def test_missing_config_is_named(module, overrides, tmp_path):
-    result = run_module(module, f"--workdir={tmp_path}", *overrides)
+    result = processes.run(module, f"--workdir={tmp_path}", *overrides)
     assert _one_error_line(result).startswith("error: --config is missing (")
 
 
 def test_interruption_is_printed_once_and_logged(tmp_path):
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mnist_jax.main",
-            "--config=configs/mlp.py:smoke",
-            f"--workdir={tmp_path}",
-            "--config.train.num_steps=5000",
-            "--config.train.num_periods=500",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = processes.start(
+        "mnist_jax.main",
+        "--config=configs/mlp.py:smoke",
+        f"--workdir={tmp_path}",
+        "--config.train.num_steps=5000",
+        "--config.train.num_periods=500",
     )
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -81,8 +72,9 @@ def test_interruption_is_printed_once_and_logged(tmp_path):
             break
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    result = processes.finish(process, timeout=120)
+    stderr = result.stderr
+    assert result.returncode == 130, stderr
     assert stderr.count("interrupted by SIGINT") == 1, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: interrupted by SIGINT at step ")
@@ -115,8 +107,8 @@ def test_quick_exit_waits_for_non_daemon_threads(tmp_path):
             """
         )
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    result = run_module("late_writer", env=env, timeout=60)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    result = processes.run("late_writer", env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert done.read_text() == "done"
 
@@ -162,13 +154,10 @@ def test_readme_notebook_snippet_outside_the_repository(tmp_path):
         print(config.model.name, config.train.num_steps)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(site)},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    script = tmp_path / "outside.py"
+    script.write_text(code)
+    result = processes.run(
+        script, env={"PYTHONPATH": str(site)}, cwd=tmp_path, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["mlp", "20"]

@@ -1,7 +1,9 @@
+import json
+
 import pytest
 
 from configs import default, linear, mlp
-from mnist_jax import config_schema
+from mnist_jax import checkpoints, config_schema
 from mnist_jax.errors import ConfigError
 
 
@@ -11,22 +13,31 @@ def test_shipped_configs_are_valid(module, arg):
     config_schema.validate(module.get_config(arg))
 
 
-def test_notebook_settings():
-    assert (
-        linear.get_config().model.name,
-        linear.get_config().optim.learning_rate,
-    ) == ("linear", 0.03)
-    config = mlp.get_config()
-    assert (
-        config.model.hidden_units == (100, 100) and config.optim.learning_rate == 0.05
+def test_mlp_config_is_the_default():
+    """`default_config()` is documented as the notebook's MLP: `configs/mlp.py`."""
+    assert mlp.get_config().to_dict() == config_schema.default_config().to_dict()
+
+
+@pytest.mark.parametrize("module", [default, linear, mlp])
+def test_smoke_shrinks_the_run_not_the_experiment(module):
+    """`:smoke` changes how much data and how many steps, never the model, the
+    optimizer or the seed: a test of a smoke run is a test of the experiment."""
+    full, smoke = module.get_config().to_dict(), module.get_config("smoke").to_dict()
+    for group in ("model", "optim", "mesh"):
+        assert smoke[group] == full[group], group
+    assert smoke["seed"] == full["seed"]
+    assert smoke["data"]["num_train"] / smoke["data"]["num_examples"] == pytest.approx(
+        full["data"]["num_train"] / full["data"]["num_examples"]
     )
-    assert (
-        config.train.num_steps,
-        config.train.batch_size,
-        config.train.num_periods,
-    ) == (1000, 30, 10)
-    assert (config.optim.clip_norm, config.optim.loss_reduction) == (5.0, "sum")
-    assert (config.data.num_examples, config.data.num_train) == (10_000, 7_500)
+
+
+@pytest.mark.parametrize("module", [default, linear, mlp])
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_written_config_reads_back_the_same(tmp_path, module, arg):
+    """What a run writes to config.json, analysis reads back as the same config."""
+    config = module.get_config(arg)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    assert checkpoints.read_config(tmp_path).to_dict() == config.to_dict()
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,14 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from configs import mlp
 from mnist_jax import analysis, checkpoints, reports, train
 from mnist_jax.errors import DataError, UserError
-from tests.conftest import REPO
+from tests import processes
+from tests.processes import REPO
 
 CSVS = ("mnist_train_small.csv", "mnist_test.csv")
 
@@ -73,13 +72,7 @@ def _one_line(error: Exception) -> str:
 
 
 def _script(name, *args, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, str(REPO / "experiments" / f"{name}.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return processes.run(REPO / "experiments" / f"{name}.py", *args, cwd=cwd)
 
 
 def test_config_json_records_the_resolved_source_and_absolute_path(real_run):

@@ -5,10 +5,7 @@ joined by jax.distributed on 127.0.0.1), so the suite's own single device is una
 """
 
 import json
-import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -17,29 +14,16 @@ import pytest
 from configs import mlp
 from mnist_jax import checkpoints, mesh, train, writers
 from mnist_jax.errors import ConfigError
-from tests.conftest import REPO
+from tests import processes
 
 RUN = ["--config=configs/mlp.py:smoke", "--config.train.batch_size=32"]
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
-def _python(args, extra_env=None, **kwargs):
-    env = {**os.environ, **(extra_env or {})}
-    return subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
-
-
 def _finish(process, timeout=300):
-    out, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err[-3000:]
-    return out, err
+    result = processes.finish(process, timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +47,9 @@ def _close(a, b, rel=1e-5):
 def test_eight_devices_match_one_and_restore_on_one(tmp_path, one_device):
     _, expected = one_device
     _finish(
-        _python(["-m", "mnist_jax.main", *RUN, f"--workdir={tmp_path}"], EIGHT_DEVICES)
+        processes.start(
+            "mnist_jax.main", *RUN, f"--workdir={tmp_path}", env=EIGHT_DEVICES
+        )
     )
     results = json.loads((tmp_path / "results.json").read_text())
     _close(results, expected)
@@ -84,21 +70,18 @@ def _free_port():
 def test_two_processes_match_one_and_write_once(tmp_path, one_device):
     _, expected = one_device
     port = _free_port()
-    processes = [
-        _python(
-            [
-                "-m",
-                "mnist_jax.main",
-                *RUN,
-                f"--workdir={tmp_path}",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ]
+    started = [
+        processes.start(
+            "mnist_jax.main",
+            *RUN,
+            f"--workdir={tmp_path}",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
         )
         for i in range(2)
     ]
-    for process in processes:
+    for process in started:
         _finish(process)
     results = json.loads((tmp_path / "results.json").read_text())
     for key in ("val/log_loss", "test/log_loss"):
@@ -117,17 +100,20 @@ def test_two_processes_match_one_and_write_once(tmp_path, one_device):
 
 def test_sweep_on_eight_devices_matches_one(tmp_path):
     args = [
-        "-m",
-        "mnist_jax.sweep",
         "--config=configs/sweep_mlp.py:smoke",
         "--config.sweep.optim.learning_rate=(0.03,0.05,0.1,0.3)",
         "--config.sweep.train.batch_size=(32,)",
         "--config.sweep.seed=(0,1,2,3)",
     ]
-    one = _python([*args, f"--workdir={tmp_path / 'one'}"])
-    _finish(one)
-    eight = _python([*args, f"--workdir={tmp_path / 'eight'}"], EIGHT_DEVICES)
-    _finish(eight)
+    _finish(processes.start("mnist_jax.sweep", *args, f"--workdir={tmp_path / 'one'}"))
+    _finish(
+        processes.start(
+            "mnist_jax.sweep",
+            *args,
+            f"--workdir={tmp_path / 'eight'}",
+            env=EIGHT_DEVICES,
+        )
+    )
     a = pd.read_csv(tmp_path / "one" / "sweep.csv")
     b = pd.read_csv(tmp_path / "eight" / "sweep.csv")
     assert len(a) == 16
@@ -151,18 +137,14 @@ def test_mesh_shapes_and_batch_division():
 
 
 def test_batch_that_does_not_divide_the_devices_is_refused(tmp_path):
-    process = _python(
-        [
-            "-m",
-            "mnist_jax.main",
-            "--config=configs/mlp.py:smoke",
-            f"--workdir={tmp_path}",
-        ],
-        EIGHT_DEVICES,
+    result = processes.run(
+        "mnist_jax.main",
+        "--config=configs/mlp.py:smoke",
+        f"--workdir={tmp_path}",
+        env=EIGHT_DEVICES,
     )
-    _, err = process.communicate(timeout=300)
-    assert process.returncode == 2
+    assert result.returncode == 2
     assert (
         "train.batch_size=30 does not divide over the 8 devices"
-        in err.strip().splitlines()[-1]
+        in result.stderr.strip().splitlines()[-1]
     )

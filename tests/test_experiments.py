@@ -1,32 +1,27 @@
 """The analysis scripts, run as a user runs them, on small real workdirs."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from configs import linear, mlp
-from mnist_jax import analysis, train
-from tests.conftest import REPO
+from mnist_jax import analysis
+from tests import processes
+from tests.conftest import copy_workdir
 
 
 @pytest.fixture(scope="module")
-def workdirs(tmp_path_factory):
+def workdirs(tmp_path_factory, mlp_smoke_run, linear_smoke_run):
+    """Copies of the shared smoke runs: the scripts write `WORKDIR/analysis`."""
     root = tmp_path_factory.mktemp("runs")
-    for name, module in (("mlp", mlp), ("linear", linear)):
-        train.train_and_evaluate(module.get_config("smoke"), root / name)
-    return root / "mlp", root / "linear"
+    return (
+        copy_workdir(mlp_smoke_run, root / "mlp"),
+        copy_workdir(linear_smoke_run, root / "linear"),
+    )
 
 
-def _script(name, *args, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, str(REPO / "experiments" / f"{name}.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
+def _script(name, *args, cwd=processes.REPO):
+    return processes.run(
+        processes.REPO / "experiments" / f"{name}.py", *args, timeout=180, cwd=cwd
     )
 
 

@@ -82,17 +82,24 @@ def test_train_steps_match_numpy_tf1_reference(reduction):
     np.testing.assert_allclose(state.params["dense"]["bias"][...], b, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "accumulator", [0.01, 1.0, optim.TF1_ADAGRAD_INITIAL_ACCUMULATOR]
+)
 @pytest.mark.parametrize("grad_scale", [0.01, 100.0])  # under and over the clip norm
-def test_update_and_state_are_optax_clip_then_adagrad(grad_scale):
-    """Same state types as `optax.chain(clip_by_global_norm, adagrad)` (checkpoints hold
-    optax's own), and the same update to float rounding, clipped or not."""
+def test_update_and_state_are_optax_clip_then_adagrad(
+    monkeypatch, accumulator, grad_scale
+):
+    """For any initial accumulator: the same state types as
+    `optax.chain(clip_by_global_norm, adagrad)` (checkpoints hold optax's own), and the
+    same update to float rounding, clipped or not."""
+    monkeypatch.setattr(optim, "TF1_ADAGRAD_INITIAL_ACCUMULATOR", accumulator)
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.standard_normal((784, 10)), jnp.float32)}
     grads = {"w": jnp.asarray(rng.standard_normal((784, 10)) * grad_scale, jnp.float32)}
     ours = optim.make_optimizer("adagrad", 0.03, 5.0)
     reference = optax.chain(
         optax.clip_by_global_norm(5.0),
-        optax.adagrad(0.03, initial_accumulator_value=0.1, eps=0.0),
+        optax.adagrad(0.03, initial_accumulator_value=accumulator, eps=0.0),
     )
     state, expected_state = ours.init(params), reference.init(params)
     assert jax.tree.structure(state) == jax.tree.structure(expected_state)
@@ -172,3 +179,29 @@ def test_the_optimizer_is_a_sweep_axis(tmp_path):
     assert rows[0]["val/log_loss"] != rows[1]["val/log_loss"]
     table = (tmp_path / "sweep.csv").read_text().splitlines()
     assert "optim.name" in table[0] and "adam" in table[2]
+
+
+@pytest.mark.parametrize(
+    "accumulator", [0.01, 1.0, optim.TF1_ADAGRAD_INITIAL_ACCUMULATOR]
+)
+def test_initial_accumulator_bounds_the_first_step(monkeypatch, accumulator):
+    """Adagrad without epsilon, from an accumulator `a`: the first step of a weight with
+    gradient g is lr * g / sqrt(a + g^2), so never larger than the learning rate, near
+    it for |g| >> sqrt(a), and lr * g / sqrt(a) for tiny g; a larger `a` only shrinks
+    it. (No clipping here: the clip norm is far above the gradients'.)"""
+    monkeypatch.setattr(optim, "TF1_ADAGRAD_INITIAL_ACCUMULATOR", accumulator)
+    learning_rate = 0.5
+    magnitudes = np.logspace(-4, 2, 7)
+    g = jnp.asarray(np.concatenate([magnitudes, -magnitudes]), jnp.float32)
+    tx = optim.make_optimizer("adagrad", learning_rate, 1e30)
+    updates, _ = tx.update({"w": g}, tx.init({"w": g}))
+    step = -np.asarray(updates["w"])
+    np.testing.assert_allclose(
+        step, learning_rate * g / np.sqrt(accumulator + np.square(g)), rtol=1e-6
+    )
+    assert np.all(np.abs(step) < learning_rate)
+    assert np.all(np.sign(step) == np.sign(g))
+    monkeypatch.setattr(optim, "TF1_ADAGRAD_INITIAL_ACCUMULATOR", accumulator * 4)
+    larger = optim.make_optimizer("adagrad", learning_rate, 1e30)
+    smaller_steps, _ = larger.update({"w": g}, larger.init({"w": g}))
+    assert np.all(np.abs(np.asarray(smaller_steps["w"])) < np.abs(step))

@@ -1,36 +1,31 @@
 """Kill at any moment and lose nothing; one run per workdir; divergence stops cleanly."""
 
 import json
+import os
+import re
 import signal
-import subprocess
-import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoints, train, writers
+from mnist_jax import checkpoints, data, loop, train, writers
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import TrainingDiverged
-from tests.conftest import REPO
+from tests import processes
 from tests.run_helper import config as helper_config
 
-HELPER = REPO / "tests" / "run_helper.py"
+HELPER = processes.REPO / "tests" / "run_helper.py"
 
 
 def _numbers(results):
     return {k: v for k, v in results.items() if k != "train_seconds"}
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    return workdir, train.train_and_evaluate(helper_config(), workdir)
-
-
-def _same_as_uninterrupted(workdir, uninterrupted):
-    reference, expected = uninterrupted
+def _same_as_uninterrupted(workdir, resumable_run):
+    reference, expected = resumable_run
     resumed = train.train_and_evaluate(helper_config(), workdir)
     assert _numbers(resumed) == _numbers(expected)
     assert writers.read_metrics(workdir) == writers.read_metrics(reference)
@@ -47,34 +42,22 @@ def _same_as_uninterrupted(workdir, uninterrupted):
 @pytest.mark.parametrize(
     "mode, step", [("kill_after_save", 100), ("kill_mid_metrics", 140)]
 )
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, mode, step):
-    result = subprocess.run(
-        [sys.executable, str(HELPER), str(tmp_path), mode, str(step)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, resumable_run, mode, step):
+    result = processes.run(HELPER, str(tmp_path), mode, str(step), timeout=180)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
-    _same_as_uninterrupted(tmp_path, uninterrupted)
+    _same_as_uninterrupted(tmp_path, resumable_run)
 
 
-def _start(workdir, *extra):
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mnist_jax.main",
-            "--config=configs/mlp.py:smoke",
-            f"--workdir={workdir}",
-            "--config.train.num_steps=200",
-            "--config.train.num_periods=10",
-            "--config.model.dropout_rate=0.1",
-            *extra,
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+def _start(workdir):
+    """The CLI run of `run_helper.config()`, in the background."""
+    config = helper_config()
+    return processes.start(
+        "mnist_jax.main",
+        "--config=configs/mlp.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.train.num_steps={config.train.num_steps}",
+        f"--config.train.num_periods={config.train.num_periods}",
+        f"--config.model.dropout_rate={config.model.dropout_rate}",
     )
 
 
@@ -91,23 +74,24 @@ def _wait_for_metrics(workdir, process, timeout=120):
     raise AssertionError("the run never wrote a metrics row")
 
 
-def test_sigkill_mid_chunk_then_resume(tmp_path, uninterrupted):
+def test_sigkill_mid_chunk_then_resume(tmp_path, resumable_run):
     process = _start(tmp_path)
     _wait_for_metrics(tmp_path, process)
     process.kill()
-    process.wait(timeout=60)
-    _same_as_uninterrupted(tmp_path, uninterrupted)
+    processes.finish(process, timeout=60)
+    _same_as_uninterrupted(tmp_path, resumable_run)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_save_and_exit(tmp_path, uninterrupted, signum):
+def test_sigterm_and_ctrl_c_save_and_exit(tmp_path, resumable_run, signum):
     process = _start(tmp_path)
     _wait_for_metrics(tmp_path, process)
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    if process.returncode == 0:
+    result = processes.finish(process, timeout=120)
+    stderr = result.stderr
+    if result.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    assert process.returncode == 128 + signum
+    assert result.returncode == 128 + signum
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(
         f"error: interrupted by {signal.Signals(signum).name} at step "
@@ -115,52 +99,105 @@ def test_sigterm_and_ctrl_c_save_and_exit(tmp_path, uninterrupted, signum):
     assert "run the same command to resume" in last and "Traceback" not in stderr
     step = int(last.split(" at step ")[1].split(":")[0])
     assert step in checkpoints.available_steps(tmp_path)
-    _same_as_uninterrupted(tmp_path, uninterrupted)
+    _same_as_uninterrupted(tmp_path, resumable_run)
 
 
 def test_workdir_lock_names_the_holder_and_stale_locks_are_free(tmp_path):
     workdir_lib.prepare(tmp_path)
     with workdir_lib.lock(tmp_path):
-        process = _start(tmp_path)
-        _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 2
+        result = processes.finish(_start(tmp_path), timeout=120)
+    assert result.returncode == 2
     assert (
-        f"is in use by process {__import__('os').getpid()}"
-        in stderr.strip().splitlines()[-1]
+        f"is in use by process {os.getpid()}" in result.stderr.strip().splitlines()[-1]
     )
     assert not (tmp_path / "metrics.jsonl").exists()
     # the holder is gone (its lock released with it): the next run proceeds
     (tmp_path / ".lock").write_text("process 999999 on elsewhere since long ago\n")
-    process = _start(tmp_path)
-    process.communicate(timeout=180)
-    assert process.returncode == 0
+    result = processes.finish(_start(tmp_path), timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+DIVERGED = r"became NaN/inf at step (\d+) .*Lower --config.optim.learning_rate"
+
+
+def _assert_nothing_bad_kept(workdir, config, diverged_at):
+    """Every checkpoint is from before `diverged_at` and restores, params and optimizer
+    state both, to finite numbers; no results; every metrics row finite."""
+    kept = checkpoints.available_steps(workdir)
+    assert all(step < diverged_at for step in kept), (kept, diverged_at)
+    _, state, _ = train.init_run(config, data.load(config.data))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+    with checkpoints.Checkpointer(workdir, read_only=True) as checkpointer:
+        for step in kept:
+            params, opt_state, metadata = checkpointer.restore(step, abstract)
+            assert metadata["step"] == step
+            leaves = jax.tree.leaves((params, opt_state))
+            assert leaves and all(np.isfinite(x).all() for x in leaves), step
+    assert not (workdir / "results.json").exists()
+    rows = writers.read_metrics(workdir)
+    assert all(row["step"] < diverged_at for row in rows)
+    assert all(np.isfinite(v) for row in rows for v in row.values())
+    return kept
 
 
 def test_divergence_stops_naming_the_step(tmp_path):
+    """lr=1e30 overflows at step 2, before the first save: nothing is kept."""
     config = helper_config()
     config.optim.learning_rate = 1e30
     config.optim.clip_norm = 1e30
-    with pytest.raises(
-        TrainingDiverged,
-        match=r"became NaN/inf at step \d+ .*Lower --config.optim.learning_rate",
-    ):
+    with pytest.raises(TrainingDiverged, match=DIVERGED) as error:
         train.train_and_evaluate(config, tmp_path)
-    for step in checkpoints.available_steps(tmp_path):
-        model = checkpoints.restore_model(tmp_path, step)
-        assert all(np.isfinite(x).all() for x in jax.tree.leaves(model))
-    assert not (tmp_path / "results.json").exists()
-    assert all(
-        np.isfinite(v) for row in writers.read_metrics(tmp_path) for v in row.values()
-    )
+    assert "last good checkpoint: none yet" in str(error.value)
+    step = int(re.search(DIVERGED, str(error.value)).group(1))
+    assert _assert_nothing_bad_kept(tmp_path, config, step) == []
+
+
+def _learning_rate_jumps(monkeypatch, at_step: int, learning_rate: float):
+    """From `at_step` on, the run's compiled chunks train with `learning_rate`.
+
+    Adagrad with TF1's clip is hard to diverge slowly: a learning rate either overflows
+    at step 2 or never (a scan of 1e3-1e38, sum or mean loss, clip 1e-3-1e30, MLP and
+    linear). A jump mid-run is the honest way to a divergence after saves; the
+    detection, the discarded chunk and the saves are the package's own."""
+    train_chunks = loop.train_chunks
+
+    def with_jump(config, chunk, state, pool, member, *rest):
+        def jumped_chunk(state, num_steps, evaluate, pool, member):
+            if int(state.step) >= at_step:
+                rate = member.learning_rate
+                member = member._replace(
+                    learning_rate=jax.device_put(
+                        jnp.asarray(learning_rate, rate.dtype), rate.sharding
+                    )
+                )
+            return chunk(state, num_steps, evaluate, pool, member)
+
+        return train_chunks(config, jumped_chunk, state, pool, member, *rest)
+
+    monkeypatch.setattr(loop, "train_chunks", with_jump)
+
+
+def test_divergence_after_saves_keeps_only_good_checkpoints(tmp_path, monkeypatch):
+    """Trains finitely to step 100 (saving on the way), then diverges in the middle of
+    a chunk: the error names the step and the last good save, and no state from that
+    chunk is saved."""
+    config = helper_config()  # saves at 5, 10, 20 and every period end (20, 40, ...)
+    _learning_rate_jumps(monkeypatch, at_step=100, learning_rate=1e30)
+    with pytest.raises(TrainingDiverged, match=DIVERGED) as error:
+        train.train_and_evaluate(config, tmp_path)
+    step = int(re.search(DIVERGED, str(error.value)).group(1))
+    kept = _assert_nothing_bad_kept(tmp_path, config, step)
+    assert kept and kept[0] < step  # really after a save, so the test cannot degrade
+    assert kept == [*config.checkpoint.steps, 100]  # the kept ones and the latest
+    assert 100 + 1 < step <= 120  # inside the next chunk, after a finite step
+    assert "last good checkpoint: step 100" in str(error.value)
+    assert [row["step"] for row in writers.read_metrics(tmp_path)][-1] == 100
 
 
 def test_memory_stays_flat_over_periods(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(HELPER), str(tmp_path), "rss", "0", "2000"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = processes.run(HELPER, str(tmp_path), "rss", "0", "2000", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rss = [
         json.loads(line)["rss_mb"]

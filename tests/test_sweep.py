@@ -1,6 +1,6 @@
 import json
+import math
 
-import numpy as np
 import pandas as pd
 import pytest
 from ml_collections import ConfigDict
@@ -8,7 +8,7 @@ from ml_collections import ConfigDict
 from configs import sweep_linear, sweep_mlp
 from mnist_jax import config_schema, sweep, train
 from mnist_jax.errors import ConfigError
-from tests.conftest import run_module
+from tests import processes
 
 
 def _small_sweep():
@@ -20,18 +20,22 @@ def _small_sweep():
     return config
 
 
-def test_grid_is_the_product_of_the_axes():
-    members = sweep.expand(sweep_mlp.get_config())
-    assert len(members) == 5 * 3 * 3
-    hparams, config = members[7]
-    assert config.optim.learning_rate == hparams["optim.learning_rate"]
-    assert config.train.batch_size == hparams["train.batch_size"]
-    assert config.seed == hparams["seed"]
-    assert "sweep" not in config
+@pytest.mark.parametrize("module", [sweep_mlp, sweep_linear])
+def test_grid_is_the_product_of_the_axes(module):
+    config = module.get_config()
+    grid = sweep.axes(config)
+    members = sweep.expand(config)
+    assert len(members) == math.prod(len(values) for values in grid.values())
+    assert len({json.dumps(h, sort_keys=True) for h, _ in members}) == len(members)
+    for hparams, member in members:
+        assert set(hparams) == set(grid) and "sweep" not in member
+        for name, value in hparams.items():
+            assert dict(config_schema.leaves(member))[name] == value, name
+    # seeds, learning rates and clip norms are traced: they share a program
     groups = {sweep.group_key(c) for _, c in members}
-    assert (
-        len(groups) == 3
-    )  # one per batch size; seeds and learning rates share a program
+    assert len(groups) == math.prod(
+        len(values) for name, values in grid.items() if name not in sweep.TRACED_FIELDS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +104,26 @@ def test_bad_axes_are_named(axis, values, message):
         sweep.expand(config)
 
 
-def test_no_axes_is_one_member():
+def test_no_axes_is_one_member_the_config_itself():
     config = config_schema.default_config()
-    assert len(sweep.expand(config)) == 1
-    assert np.isclose(sweep.expand(config)[0][1].optim.learning_rate, 0.05)
+    [(hparams, member)] = sweep.expand(config)
+    assert hparams == {} and member.to_dict() == config.to_dict()
 
 
-def test_block_layout():
-    per_device = sweep.MAX_MEMBERS_PER_DEVICE  # 8
-    assert sweep.block_layout(64, 1) == (8, 8)
-    assert sweep.block_layout(45, 1) == (6, 8)  # 48 slots, 3 padded
-    assert sweep.block_layout(64, 2) == (4, 16)
-    assert sweep.block_layout(64, 8) == (1, 64)
-    blocks, size = sweep.block_layout(200, 8)
-    assert blocks * size >= 200 and size % 8 == 0 and size // 8 <= per_device
+@pytest.mark.parametrize("per_device", [1, 3, 8])
+def test_block_layout(monkeypatch, per_device):
+    """For any cap, members and shards: equal blocks that hold every member, a multiple
+    of the shards, at most the cap per device, none empty, and no more than needed."""
+    monkeypatch.setattr(sweep, "MAX_MEMBERS_PER_DEVICE", per_device)
+    for num_shards in (1, 2, 3, 8):
+        for num_members in range(1, 130):
+            blocks, size = sweep.block_layout(num_members, num_shards)
+            case = (num_members, num_shards, blocks, size)
+            assert blocks * size >= num_members, case
+            assert size % num_shards == 0 and size // num_shards <= per_device, case
+            assert (blocks - 1) * size < num_members, case  # no block all padding
+            # one block fewer, even full to the cap, could not hold them all
+            assert (blocks - 1) * per_device * num_shards < num_members, case
 
 
 def test_blocks_give_the_same_members(smoke_sweep, tmp_path, monkeypatch):
@@ -129,7 +139,7 @@ def test_cli_shards_members_over_one_cpu_device_per_core(smoke_sweep, tmp_path):
     """`python -m mnist_jax.sweep` splits the CPU into devices (here 2) and shards the
     members over them; each member's numbers stay those of the 1-device sweep."""
     workdir = tmp_path / "cli"
-    result = run_module(
+    result = processes.run(
         "mnist_jax.sweep",
         "--config=configs/sweep_mlp.py:smoke",
         f"--workdir={workdir}",

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import linear, mlp
+from configs import mlp
 from mnist_jax import checkpoints, data, metrics, schedule, steps, train, writers
-from tests.conftest import run_module
+from tests import processes
 
 RESULT_KEYS = {
     "val/accuracy",
@@ -27,36 +27,38 @@ PERIOD_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("smoke")
-    return workdir, train.train_and_evaluate(mlp.get_config("smoke"), workdir)
-
-
-def test_smoke_run_writes_every_workdir_file(smoke_run):
-    workdir, results = smoke_run
+def test_smoke_run_writes_every_workdir_file(mlp_smoke_run):
+    workdir, results = mlp_smoke_run
+    expected = mlp.get_config("smoke")
+    num_steps = expected.train.num_steps
     assert set(results) == RESULT_KEYS
     assert json.loads((workdir / "results.json").read_text()) == results
-    assert 0.0 <= results["test/accuracy"] <= 1.0 and results["num_steps"] == 20
+    assert 0.0 <= results["test/accuracy"] <= 1.0 and results["num_steps"] == num_steps
 
-    config = json.loads((workdir / "config.json").read_text())
-    assert config["model"]["name"] == "mlp" and config["train"]["num_steps"] == 20
+    written = json.loads((workdir / "config.json").read_text())
+    assert written == json.loads(json.dumps(expected.to_dict()))
 
     rows = writers.read_metrics(workdir)
-    assert [r["step"] for r in rows] == [10, 20]
+    assert [r["step"] for r in rows] == schedule.period_ends(
+        num_steps, expected.train.num_periods
+    )
     assert all(set(r) == PERIOD_KEYS for r in rows)
     assert rows[-1]["val/accuracy"] == pytest.approx(results["val/accuracy"], abs=1e-6)
 
     info = json.loads((workdir / "run_info.json").read_text())
-    assert info["data"]["source"] == "embedded"
+    assert info["data"]["source"] == expected.data.source
     assert len(info["data"]["content_sha256"]) == 64
-    assert (info["data"]["num_train"], info["data"]["num_val"]) == (750, 250)
+    assert (info["data"]["num_train"], info["data"]["num_val"]) == (
+        expected.data.num_train,
+        expected.data.num_examples - expected.data.num_train,
+    )
     assert info["versions"]["jax"] == jax.__version__
     assert info["devices"] and info["wall_seconds"] > 0
 
     assert list(workdir.glob("events.out.tfevents.*"))
     log_lines = (workdir / "train.log").read_text().splitlines()
-    assert "step 10/20" in log_lines[0] and "test/accuracy" in log_lines[-1]
+    assert f"step {rows[0]['step']}/{num_steps}" in log_lines[0]
+    assert "Results: val/accuracy" in log_lines[-1]
     for figure in (
         "log_loss.png",
         "confusion_matrix.png",
@@ -67,21 +69,19 @@ def test_smoke_run_writes_every_workdir_file(smoke_run):
     assert not list(workdir.glob(".*tmp*"))  # atomic writes leave no temp files
 
 
-def test_linear_run_draws_its_class_templates(tmp_path):
-    config = linear.get_config("smoke")
-    config.train.num_steps, config.train.num_periods = 4, 1
-    train.train_and_evaluate(config, tmp_path)
-    assert (tmp_path / "confusion_matrix.png").exists()
-    assert (tmp_path / "first_layer_weights.png").exists()  # 10 units: the classes
+def test_linear_run_draws_its_class_templates(linear_smoke_run):
+    workdir = linear_smoke_run.workdir
+    assert (workdir / "confusion_matrix.png").exists()
+    assert (workdir / "first_layer_weights.png").exists()  # 10 units: the classes
 
 
-def test_same_seed_same_numbers(smoke_run, tmp_path):
-    _, first = smoke_run
+def test_same_seed_same_numbers(mlp_smoke_run, tmp_path):
+    _, first = mlp_smoke_run
     again = train.train_and_evaluate(mlp.get_config("smoke"), tmp_path / "again")
     for key in RESULT_KEYS - {"train_seconds", "warnings"}:
         assert again[key] == first[key], key
     assert writers.read_metrics(tmp_path / "again") == writers.read_metrics(
-        smoke_run[0]
+        mlp_smoke_run.workdir
     )
 
     other_seed = mlp.get_config("smoke")
@@ -121,16 +121,32 @@ def test_chunking_does_not_change_training():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("num_rows", [steps.EVAL_BLOCK_ROWS - 1, 2_345])
-def test_blocked_evaluation_scores_every_row_as_one_pass_would(num_rows):
-    """Row blocks (and a remainder that is not a whole block) change no row's score."""
-    host = data.load(mlp.get_config("smoke").data)
-    program, state, _ = train.init_run(mlp.get_config("smoke"), host)
-    rng = np.random.default_rng(0)
+@pytest.fixture(scope="module")
+def smoke_program():
+    config = mlp.get_config("smoke")
+    program, state, _ = train.init_run(config, data.load(config.data))
+    return program, state.params
+
+
+# 23 rows in blocks of 1 (exact), 5 and 10 (with a remainder), 22 (one block and a
+# remainder), 23 (exactly one), 24 and 100 (less than one).
+@pytest.mark.parametrize("block_rows", [1, 5, 10, 22, 23, 24, 100])
+def test_blocked_evaluation_scores_every_row_as_one_pass_would(
+    smoke_program, monkeypatch, block_rows
+):
+    """For any block size, blocks (and a remainder that is not a whole block) change no
+    row's score."""
+    program, params = smoke_program
+    monkeypatch.setattr(steps, "EVAL_BLOCK_ROWS", block_rows)
+    num_rows = 23
+    rng = np.random.default_rng(block_rows)
     x = jnp.asarray(rng.random((num_rows, 784), np.float32))
     y = jnp.asarray(rng.integers(0, 10, num_rows), jnp.int32)
-    values, predictions = jax.jit(program.row_scores)(state.params, x, y)
-    logits = program.logits(state.params, x)
+    # A new function each time: jit must trace with this block size, not reuse a trace.
+    values, predictions = jax.jit(lambda p, x, y: program.row_scores(p, x, y))(
+        params, x, y
+    )
+    logits = program.logits(params, x)
     assert set(values) == set(metrics.METRICS)
     for name, metric in metrics.METRICS.items():
         assert values[name].shape == predictions.shape == (num_rows,)
@@ -140,27 +156,47 @@ def test_blocked_evaluation_scores_every_row_as_one_pass_would(num_rows):
     np.testing.assert_array_equal(predictions, jnp.argmax(logits, axis=-1))
 
 
-def test_period_ends_cover_the_run():
-    assert schedule.period_ends(1000, 10) == list(range(100, 1001, 100))
-    assert schedule.period_ends(25, 4) == [6, 12, 19, 25]
+def test_period_ends_cover_the_run_evenly():
+    """Any number of periods up to the steps: that many ends, the last at the last step,
+    the periods' lengths the floor or the ceiling of steps / periods."""
+    for num_steps in range(1, 61):
+        for num_periods in range(1, num_steps + 1):
+            ends = schedule.period_ends(num_steps, num_periods)
+            assert len(ends) == num_periods and ends[-1] == num_steps
+            lengths = np.diff([0, *ends])
+            assert set(lengths) <= {
+                num_steps // num_periods,
+                -(-num_steps // num_periods),
+            }, (num_steps, num_periods, ends)
 
 
-def test_cli_run_leaves_everything_written_after_its_quick_exit(tmp_path):
+def test_cli_run_leaves_everything_written_after_its_quick_exit(
+    tmp_path, mlp_smoke_run
+):
     """The CLI skips the interpreter's teardown (`os._exit`): the last async checkpoint,
-    the log file and every output must already be complete when it does."""
+    the log file and every output must already be complete when it does. Its numbers
+    are those of the same config trained from Python."""
+    config = mlp.get_config("smoke")
+    num_steps = config.train.num_steps
     workdir = tmp_path / "w"
-    result = run_module(
+    result = processes.run(
         "mnist_jax.main", "--config=configs/mlp.py:smoke", f"--workdir={workdir}"
     )
     assert result.returncode == 0, result.stderr
-    assert checkpoints.available_steps(workdir) == [5, 10, 20]
-    restored = checkpoints.restore_model(workdir, 20)  # the final save, whole
-    assert restored.first_layer().shape == (784, 100)
-    assert (
-        "Results: val/accuracy" in (workdir / "train.log").read_text().splitlines()[-1]
+    # the requested steps the run reaches, and the final one
+    assert checkpoints.available_steps(workdir) == sorted(
+        {*(s for s in config.checkpoint.steps if s <= num_steps), num_steps}
     )
-    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 2
-    assert json.loads((workdir / "results.json").read_text())["num_steps"] == 20
+    restored = checkpoints.restore_model(workdir, num_steps)  # the final save, whole
+    assert restored.first_layer().shape == (784, config.model.hidden_units[0])
+    last_line = (workdir / "train.log").read_text().splitlines()[-1]
+    assert "Results: val/accuracy" in last_line
+    assert writers.read_metrics(workdir) == writers.read_metrics(mlp_smoke_run.workdir)
+    results = json.loads((workdir / "results.json").read_text())
+    assert {**results, "train_seconds": 0} == {
+        **mlp_smoke_run.results,
+        "train_seconds": 0,
+    }
     for figure in ("log_loss", "confusion_matrix", "examples", "first_layer_weights"):
         assert (workdir / f"{figure}.png").stat().st_size > 0
 
@@ -186,7 +222,7 @@ def test_cli_run_leaves_everything_written_after_its_quick_exit(tmp_path):
 )
 def test_cli_bad_input_is_one_line(tmp_path, override, message):
     workdir = tmp_path / "w"
-    result = run_module(
+    result = processes.run(
         "mnist_jax.main",
         "--config=configs/mlp.py:smoke",
         f"--workdir={workdir}",

@@ -1,0 +1,83 @@
+"""The one way tests start this repository's programs in a child process, as a user
+does: from the repository root (or `cwd`), blocking with the output captured, or in the background.
+
+A `str` target is a module (`python -m mnist_jax.main`), a `Path` a script
+(`python experiments/confusion_matrix.py`). `env` adds to (or, with None, removes from)
+the test's own environment, which the child otherwise inherits as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def command(target: str | Path, *args: str) -> list[str]:
+    """The argv that runs `target` with this interpreter."""
+    if isinstance(target, Path):
+        return [sys.executable, str(target), *args]
+    return [sys.executable, "-m", target, *args]
+
+
+def _environment(env: Mapping[str, str | None] | None) -> dict[str, str] | None:
+    if not env:
+        return None  # inherit os.environ as it is now (tests' monkeypatched values too)
+    merged = {**os.environ, **env}
+    return {name: value for name, value in merged.items() if value is not None}
+
+
+def run(
+    target: str | Path,
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = 300,
+    cwd: Path = REPO,
+) -> subprocess.CompletedProcess:
+    """Runs `target` to the end; `returncode`, `stdout` and `stderr` (text) as it left
+    them. A child still running after `timeout` seconds is killed and
+    `subprocess.TimeoutExpired` raised."""
+    return subprocess.run(
+        command(target, *args),
+        cwd=cwd,
+        env=_environment(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start(
+    target: str | Path,
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path = REPO,
+) -> subprocess.Popen:
+    """Starts `target` in the background, stdout and stderr piped (as text): signal it,
+    poll it, and collect it with `finish`."""
+    return subprocess.Popen(
+        command(target, *args),
+        cwd=cwd,
+        env=_environment(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(
+    process: subprocess.Popen, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Waits for a `start`ed process and returns what `run` would have; one still
+    running after `timeout` seconds is killed first (no orphan outlives the test)."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)

@@ -72,7 +72,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 0
 
     config.mesh = ml_collections.ConfigDict()
-    # () = all devices along "data"; (n,) the first n; (members, data) for sweeps.
+    # () = a run: one device per process (mesh.default_devices), a sweep: all devices
+    # along "members"; (n,) the first n along "data"; (members, data) for sweeps.
     config.mesh.shape = ()
     return config
 

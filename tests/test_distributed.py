@@ -21,6 +21,7 @@ from tests.conftest import REPO
 
 RUN = ["--config=configs/mlp.py:smoke", "--config.train.batch_size=32"]
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+DATA_PARALLEL = "--config.mesh.shape=(8,)"  # a single run's default is one device
 
 
 def _python(args, extra_env=None, **kwargs):
@@ -63,7 +64,10 @@ def _close(a, b, rel=1e-5):
 def test_eight_devices_match_one_and_restore_on_one(tmp_path, one_device):
     _, expected = one_device
     _finish(
-        _python(["-m", "mnist_jax.main", *RUN, f"--workdir={tmp_path}"], EIGHT_DEVICES)
+        _python(
+            ["-m", "mnist_jax.main", *RUN, DATA_PARALLEL, f"--workdir={tmp_path}"],
+            EIGHT_DEVICES,
+        )
     )
     results = json.loads((tmp_path / "results.json").read_text())
     _close(results, expected)
@@ -150,12 +154,25 @@ def test_mesh_shapes_and_batch_division():
     mesh.check_batch(one, 30)
 
 
+@pytest.mark.parametrize("num_devices", [4, 8])
+def test_default_mesh_runs_the_notebook_batch_on_any_device_count(
+    tmp_path, num_devices
+):
+    flags = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}"}
+    args = ["-m", "mnist_jax.main", "--config=configs/mlp.py:smoke"]
+    _finish(_python([*args, f"--workdir={tmp_path}"], flags))  # batch 30
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["mesh"]["axes"] == {"data": 1}
+    assert len(info["devices"]) == num_devices
+
+
 def test_batch_that_does_not_divide_the_devices_is_refused(tmp_path):
     process = _python(
         [
             "-m",
             "mnist_jax.main",
             "--config=configs/mlp.py:smoke",
+            DATA_PARALLEL,
             f"--workdir={tmp_path}",
         ],
         EIGHT_DEVICES,

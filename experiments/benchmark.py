@@ -35,7 +35,7 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from mnist_jax import cli, config_schema, data, optim, sweep, train, writers
+from mnist_jax import cli, config_schema, data, optim, sizing, sweep, train, writers
 from mnist_jax import mesh as mesh_lib
 
 _DATA_DIR = flags.DEFINE_string(
@@ -127,7 +127,11 @@ def sweep_seconds(config, host, num_lrs, num_seeds, num_steps, repeats) -> float
     )
     configs = [member for _, member in sweep.expand(grid_config)]
     device_mesh = mesh_lib.make_sweep_mesh(())
-    blocks, size = sweep.block_layout(len(configs), device_mesh.shape["members"])
+    blocks, size = sweep.block_layout(
+        len(configs),
+        device_mesh.shape["members"],
+        sizing.members_per_device(config, device_mesh),
+    )
     configs += [configs[-1]] * (blocks * size - len(configs))
     pool = data.to_device(host, mesh_lib.replicated(device_mesh)).without_test()
     programs = sweep.group_programs(

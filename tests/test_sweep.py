@@ -6,7 +6,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs import sweep_linear, sweep_mlp
-from mnist_jax import config_schema, sweep, train
+from mnist_jax import config_schema, sizing, sweep, train
 from mnist_jax.errors import ConfigError
 from tests.conftest import run_module
 
@@ -107,18 +107,18 @@ def test_no_axes_is_one_member():
 
 
 def test_block_layout():
-    per_device = sweep.MAX_MEMBERS_PER_DEVICE  # 8
-    assert sweep.block_layout(64, 1) == (8, 8)
-    assert sweep.block_layout(45, 1) == (6, 8)  # 48 slots, 3 padded
-    assert sweep.block_layout(64, 2) == (4, 16)
-    assert sweep.block_layout(64, 8) == (1, 64)
-    blocks, size = sweep.block_layout(200, 8)
+    per_device = 8
+    assert sweep.block_layout(64, 1, per_device) == (8, 8)
+    assert sweep.block_layout(45, 1, per_device) == (6, 8)  # 48 slots, 3 padded
+    assert sweep.block_layout(64, 2, per_device) == (4, 16)
+    assert sweep.block_layout(64, 8, per_device) == (1, 64)
+    blocks, size = sweep.block_layout(200, 8, per_device)
     assert blocks * size >= 200 and size % 8 == 0 and size // 8 <= per_device
 
 
 def test_blocks_give_the_same_members(smoke_sweep, tmp_path, monkeypatch):
     _, rows = smoke_sweep
-    monkeypatch.setattr(sweep, "MAX_MEMBERS_PER_DEVICE", 3)  # 4 members: 2 blocks of 2
+    monkeypatch.setattr(sizing, "CACHE_MEMBERS_PER_DEVICE", 3)  # 2 blocks of 2
     blocked = sweep.run_sweep(_small_sweep(), tmp_path)
     for a, b in zip(rows, blocked, strict=True):
         for key in sweep.RESULT_KEYS:

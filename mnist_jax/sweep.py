@@ -30,6 +30,7 @@ from ml_collections import ConfigDict
 from mnist_jax import (
     config_schema,
     data,
+    devices,
     metrics,
     schedule,
     sizing,
@@ -300,6 +301,7 @@ def main(argv) -> None:
     from absl import flags
 
     use_cpu_cores(flags.FLAGS.cpu_devices)
+    devices.log_startup()
     run_sweep(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

@@ -103,6 +103,7 @@ def environment() -> dict:
             "numpy": np.__version__,
         },
         "platform": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
         "devices": [str(d) for d in jax.devices()],
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),

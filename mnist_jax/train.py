@@ -150,8 +150,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         workdir = workdir_lib.prepare(workdir)
         chief = mesh_lib.is_chief()  # process 0 writes; all take part in checkpoints
         with contextlib.ExitStack() as stack:
-            if chief:
-                stack.enter_context(workdir_lib.lock(workdir))
+            stack.enter_context(workdir_lib.lock(workdir))  # all processes agree
             checkpointer = stack.enter_context(
                 checkpoints.Checkpointer(workdir, config.checkpoint.steps)
             )

@@ -106,7 +106,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             "training rows"
         )
 
-    # Mesh: params replicated, each batch's rows split along "data".
+    # Mesh: one device per process unless mesh.shape asks for data parallelism
+    # (mesh.default_devices says why); params replicated, rows split along "data".
     device_mesh = mesh_lib.make_mesh(config.mesh.shape)
     if mesh_lib.MEMBERS in device_mesh.shape:
         raise ConfigError(

@@ -6,7 +6,9 @@ import errno
 import fcntl
 import json
 import signal
+from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 
@@ -114,3 +116,27 @@ def test_no_cluster_means_no_distributed_runtime(monkeypatch):
     assert not cli.cluster_detected()
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
     assert cli.cluster_detected()
+
+
+def test_local_device_ids_reach_the_distributed_runtime(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        jax.distributed, "initialize", lambda *a, **k: calls.append((a, k))
+    )
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    monkeypatch.setattr(cli, "cluster_detected", lambda: True)
+    flag_values = {
+        "_COORDINATOR": None,
+        "_NUM_PROCESSES": None,
+        "_PROCESS_ID": None,
+        "_LOCAL_DEVICE_IDS": ["0", "1"],
+    }
+    for name, value in flag_values.items():
+        monkeypatch.setattr(cli, name, SimpleNamespace(value=value))
+    cli.init_distributed()  # a detected cluster: JAX fills in the rest
+    monkeypatch.setattr(cli, "_COORDINATOR", SimpleNamespace(value="10.0.0.1:1234"))
+    cli.init_distributed()  # given by flags
+    assert calls == [
+        ((), {"local_device_ids": [0, 1]}),
+        (("10.0.0.1:1234", None, None), {"local_device_ids": [0, 1]}),
+    ]

@@ -1,4 +1,5 @@
-"""Speed of training and sweeps, measured side by side in one run on the same data.
+"""Speed of training and sweeps, measured side by side in one run on the same data,
+on whatever JAX runs on (CPU, GPU or TPU).
 
     python experiments/benchmark.py --data_dir=../shared/data/mnist --out=runs/benchmark
 
@@ -6,11 +7,15 @@ Writes `benchmark.json` and `benchmark.md`. Never part of the tests: timings bel
 one machine at one moment; compare the ratios, which this run measures together.
 Measures, on the MLP of `configs/mlp.py` (batch 30):
 - single-model training, microseconds per step: the fused path (`steps.Program`, one
-  compiled loop) and a plain loop calling a jitted step from Python each step;
-- sweeps: model-steps per second for 1, 16 (4 learning rates x 4 seeds) and 64
-  (16 x 4) members, trained by the sweep's own programs with one JAX device per core,
-  as `python -m mnist_jax.sweep` does; and the achieved model GFLOP/s (6 x batch x
-  params per step) against the float32 matmul throughput measured here and now;
+  compiled loop) and a plain loop calling a jitted step from Python each step; and the
+  fused program's first call (its compilation);
+- sweeps: model-steps per second for 1, 16 (4 learning rates x 4 seeds), 64 (16 x 4)
+  and, on a GPU or TPU or with `--sweep_1024`, 1024 (64 x 16) members, trained by the
+  sweep's own programs and blocks (`mnist_jax.sizing`) with one JAX device per CPU
+  core, as `python -m mnist_jax.sweep` does; each one's first call (compilation), the
+  device's peak memory so far where the device reports it (`memory_stats()`), and the
+  achieved model GFLOP/s (6 x batch x params per step) against the float32 matmul
+  throughput measured here and now;
 - whole processes: `python -m mnist_jax.main --config=configs/mlp.py` (JAX import
   included; the median of `--repeats` runs, taken before, between and after the
   sweeps) and 16- and 64-member sweeps (1000 steps, 10 periods), wall time and peak
@@ -35,8 +40,12 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from mnist_jax import cli, config_schema, data, optim, sweep, train, writers
+from mnist_jax import cli, config_schema, data, optim, sizing, sweep, train, writers
 from mnist_jax import mesh as mesh_lib
+
+# JAX on a GPU takes 75% of its memory at start-up; this process and the runs it
+# starts share the device, so each takes only what it uses.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", "../shared/data/mnist", "Notebook data folder."
@@ -44,6 +53,12 @@ _DATA_DIR = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", "runs/benchmark", "Output folder.")
 _STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per measurement.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats; the median is reported.")
+_SWEEP_1024 = flags.DEFINE_bool(
+    "sweep_1024",
+    None,
+    "Also time a 1024-member sweep. Default: on a GPU or TPU only (on a CPU it takes "
+    "minutes).",
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,7 +94,7 @@ def plain_loop_seconds(
     config, program, state, dataset, member, num_steps, repeats
 ) -> float:
     """The usual JAX loop: a jitted step per Python iteration, indices from the host."""
-    tx = optim.make_optimizer(config.optim.learning_rate, config.optim.clip_norm)
+    tx = program.make_optimizer(config.optim.learning_rate, config.optim.clip_norm)
 
     @jax.jit
     def step(params, opt_state, rows):
@@ -113,10 +128,20 @@ def grid(num_lrs: int, num_seeds: int) -> tuple[np.ndarray, range]:
     return np.geomspace(0.01, 0.3, num_lrs), range(num_seeds)
 
 
-def sweep_seconds(config, host, num_lrs, num_seeds, num_steps, repeats) -> float:
+def peak_device_mb() -> float | None:
+    """The most memory the first device has held so far, where it says (not a CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def sweep_seconds(
+    config, host, num_lrs, num_seeds, num_steps, repeats
+) -> tuple[float, float]:
     """Training time of a learning-rate x seed grid run as `mnist_jax.sweep` runs it:
-    its programs, its blocks one after another, its members sharded over every device.
-    Evaluation is left out (the process timings below include it)."""
+    its programs, its blocks one after another, its members sharded over every device;
+    and the first call's time (compilation and one step). Evaluation is left out (the
+    process timings below include it)."""
     learning_rates, seeds = grid(num_lrs, num_seeds)
     grid_config = config_schema.with_sweep(
         ConfigDict(config.to_dict()),
@@ -127,7 +152,11 @@ def sweep_seconds(config, host, num_lrs, num_seeds, num_steps, repeats) -> float
     )
     configs = [member for _, member in sweep.expand(grid_config)]
     device_mesh = mesh_lib.make_sweep_mesh(())
-    blocks, size = sweep.block_layout(len(configs), device_mesh.shape["members"])
+    blocks, size = sweep.block_layout(
+        len(configs),
+        device_mesh.shape["members"],
+        sizing.members_per_device(config, device_mesh),
+    )
     configs += [configs[-1]] * (blocks * size - len(configs))
     pool = data.to_device(host, mesh_lib.replicated(device_mesh)).without_test()
     programs = sweep.group_programs(
@@ -146,8 +175,10 @@ def sweep_seconds(config, host, num_lrs, num_seeds, num_steps, repeats) -> float
             runs[b] = state, member
         return [state for state, _ in runs]
 
+    start = time.perf_counter()
     jax.block_until_ready(train(1))
-    return median_seconds(lambda: train(num_steps), repeats)
+    first_call = time.perf_counter() - start
+    return median_seconds(lambda: train(num_steps), repeats), first_call
 
 
 def process(args: list[str]) -> dict:
@@ -166,6 +197,7 @@ def process(args: list[str]) -> dict:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
         )
         stderr = child.stderr.read()
         _, status, usage = os.wait4(child.pid, 0)
@@ -206,7 +238,9 @@ def main(argv) -> None:
     flops_per_step = 6 * config.train.batch_size * num_params
 
     fused = jax.jit(program.train_steps)
+    start = time.perf_counter()
     jax.block_until_ready(fused(state, jnp.int32(1), dataset, member))
+    fused_compile_s = time.perf_counter() - start
     fused_s = median_seconds(
         lambda: fused(state, jnp.int32(num_steps), dataset, member), repeats
     )
@@ -214,13 +248,24 @@ def main(argv) -> None:
         config, program, state, dataset, member, num_steps, repeats
     )
     peak = matmul_gflops(repeats)
+    grids = {1: (1, 1), 16: (4, 4), 64: (16, 4)}
+    sweep_1024 = _SWEEP_1024.value
+    if sweep_1024 is None:
+        sweep_1024 = jax.default_backend() != "cpu"
+    if sweep_1024:
+        grids[1024] = (64, 16)
     sweeps = {}
-    for m, (num_lrs, num_seeds) in {1: (1, 1), 16: (4, 4), 64: (16, 4)}.items():
-        seconds = sweep_seconds(config, host, num_lrs, num_seeds, num_steps, repeats)
+    for m, (num_lrs, num_seeds) in grids.items():
+        seconds, first_call = sweep_seconds(
+            config, host, num_lrs, num_seeds, num_steps, repeats
+        )
         gflops = flops_per_step * m * num_steps / seconds / 1e9
         sweeps[m] = {
             "seconds": seconds,
             "model_steps_per_second": m * num_steps / seconds,
+            "us_per_step": seconds / num_steps * 1e6,
+            "first_call_seconds": first_call,
+            "peak_device_mb": peak_device_mb(),
             "gflops": gflops,
             "share_of_matmul_peak": gflops / peak,
         }
@@ -255,6 +300,7 @@ def main(argv) -> None:
     report = {
         "machine": {
             "platform": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind,
             "devices": [str(d) for d in jax.devices()],
             "cpu": platform.processor() or platform.machine(),
             "jax": jax.__version__,
@@ -270,6 +316,7 @@ def main(argv) -> None:
             "plain_loop_us_per_step": plain_s / num_steps * 1e6,
             "plain_over_fused": plain_s / fused_s,
             "fused_gflops": flops_per_step * num_steps / fused_s / 1e9,
+            "fused_first_call_seconds": fused_compile_s,
         },
         "matmul_gflops": peak,
         "sweeps": sweeps,
@@ -292,6 +339,10 @@ def main(argv) -> None:
             "value": report["single"]["plain_loop_us_per_step"],
         },
         {"measure": "plain / fused", "value": report["single"]["plain_over_fused"]},
+        {
+            "measure": "fused training, first call (compile) s",
+            "value": fused_compile_s,
+        },
         {"measure": "float32 matmul GFLOP/s (2048x2048)", "value": peak},
         *(
             {
@@ -306,6 +357,21 @@ def main(argv) -> None:
                 "value": s["share_of_matmul_peak"],
             }
             for m, s in sweeps.items()
+        ),
+        *(
+            {
+                "measure": f"sweep {m} members: us per step of all, first call (compile) s",
+                "value": f"{s['us_per_step']:.1f}, {s['first_call_seconds']:.2f}",
+            }
+            for m, s in sweeps.items()
+        ),
+        *(
+            {
+                "measure": f"sweep {m} members: peak device memory MB",
+                "value": s["peak_device_mb"],
+            }
+            for m, s in sweeps.items()
+            if s["peak_device_mb"] is not None
         ),
         {
             "measure": f"configs/mlp.py process wall s (median of {repeats})",

@@ -31,33 +31,58 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
-# Variables by which a cluster launcher tells jax.distributed.initialize() everything.
-CLUSTER_ENV = (
-    "JAX_COORDINATOR_ADDRESS",
-    "SLURM_STEP_NUM_TASKS",
-    "OMPI_COMM_WORLD_SIZE",
+_LOCAL_DEVICE_IDS = flags.DEFINE_list(
+    "local_device_ids",
+    None,
+    "Multi-host: the ids of the local devices this process uses, e.g. 0 or 0,1 (one "
+    "process per GPU). Default: all the host's devices, or what the cluster says.",
 )
 
 
+def cluster_detected() -> bool:
+    """Whether JAX's own cluster detection (SLURM, Open MPI, Kubernetes, Cloud TPU, ...:
+    `jax.distributed.initialize()` without arguments) recognises this process's
+    environment, or `JAX_COORDINATOR_ADDRESS` is set. Opt-in methods (mpi4py) need
+    `jax.distributed.initialize(cluster_detection_method=...)` from your own script."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    try:
+        from jax._src.clusters import ClusterEnv
+    except ImportError:  # a JAX whose private layout moved: only the variable above
+        return False
+    return any(
+        not env.opt_in_only_method and env.is_env_present()
+        for env in ClusterEnv._cluster_types
+    )
+
+
 def init_distributed() -> None:
-    """Joins JAX's distributed runtime when asked to by flags, or when a cluster launcher
-    (SLURM, Open MPI, ...) started several processes; a single process does nothing.
-    CPU processes exchange gradients over gloo, so this runs anywhere."""
+    """Joins JAX's distributed runtime when asked to by flags, or whenever JAX detects
+    a cluster it can bootstrap from; a single process elsewhere does nothing. CPU
+    processes exchange gradients over gloo, so this runs anywhere."""
     import jax
 
     explicit = _COORDINATOR.value is not None
-    launched = any(int(os.environ.get(v, "1") or 1) > 1 for v in CLUSTER_ENV[1:]) or (
-        "JAX_COORDINATOR_ADDRESS" in os.environ
-    )
-    if not (explicit or launched):
+    if not (explicit or cluster_detected()):
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    local_device_ids = None
+    if _LOCAL_DEVICE_IDS.value:
+        try:
+            local_device_ids = [int(i) for i in _LOCAL_DEVICE_IDS.value]
+        except ValueError:
+            fail(
+                f"--local_device_ids={','.join(_LOCAL_DEVICE_IDS.value)}: not integers"
+            )
     if explicit:
         jax.distributed.initialize(
-            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            local_device_ids=local_device_ids,
         )
     else:
-        jax.distributed.initialize()
+        jax.distributed.initialize(local_device_ids=local_device_ids)
 
 
 def fail(message: str) -> None:

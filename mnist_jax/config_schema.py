@@ -72,8 +72,13 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 0
 
     config.mesh = ml_collections.ConfigDict()
-    # () = all devices along "data"; (n,) the first n; (members, data) for sweeps.
+    # () = a run: one device per process (mesh.default_devices), a sweep: all devices
+    # along "members"; (n,) the first n along "data"; (members, data) for sweeps.
     config.mesh.shape = ()
+
+    config.sweep_block = ml_collections.ConfigDict()
+    # Sweep members each device trains at once; 0 = as many as fit (mnist_jax.sizing).
+    config.sweep_block.members_per_device = 0
     return config
 
 
@@ -206,6 +211,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
         raise ConfigError(
             f"checkpoint.every_steps={every!r} must be 0 (each period end) or positive"
+        )
+    block = flat["sweep_block.members_per_device"]
+    if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block < 0:
+        raise ConfigError(
+            f"sweep_block.members_per_device={block!r} must be 0 (auto) or positive"
         )
     kept = flat["checkpoint.steps"]
     if not isinstance(kept, tuple | list) or any(

@@ -1,5 +1,7 @@
 """Ctrl-C and SIGTERM (preemption) without lost work: the training loop is told, finishes
-its chunk, saves a checkpoint and stops; a second signal stops at once."""
+its chunk, saves a checkpoint and stops; a second signal stops at once. In a multi-host
+run the processes agree after each chunk, so a signal to any one stops them all at the
+same step (stopping alone would leave the others waiting in the next collective)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+
+import jax
+import numpy as np
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -33,3 +38,23 @@ def deferred() -> Iterator[list[int]]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def agree(received: list[int]) -> list[int]:
+    """Whether to stop, decided by every process alike: `received` (extended with
+    another process's signal if this one got none) when any process has received a
+    signal, else an empty list. One process alone decides by itself; several exchange
+    a snapshot of their first signal (a 4-byte all-gather per chunk), and decide on
+    that snapshot only, so a signal arriving meanwhile counts at the next chunk."""
+    if jax.process_count() == 1:
+        return received
+    from jax.experimental import multihost_utils
+
+    mine = received[0] if received else 0
+    signals = multihost_utils.process_allgather(np.int32(mine))
+    first = next((int(s) for s in np.ravel(signals) if s), 0)
+    if not first:
+        return []
+    if not received:
+        received.append(first)
+    return received

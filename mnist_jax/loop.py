@@ -77,7 +77,7 @@ def train_chunks(
             if end in save_at:
                 save(end)
                 last_saved = end
-            if received:
+            if interrupts.agree(received):
                 if last_saved != done:
                     save(done)
                 name = signal.Signals(received[0]).name

@@ -6,8 +6,6 @@ Bad input ends the run with one `error:` line and exit code 2 (see `cli.py`).
 
 from __future__ import annotations
 
-import logging
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -29,16 +27,9 @@ def main(argv) -> None:
         config.keys()  # a config file that failed to load raises only when used
     except OSError as e:
         cli.fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")
-    import jax
+    from mnist_jax import devices, train
 
-    from mnist_jax import train
-
-    logging.getLogger("mnist_jax").info(
-        "JAX devices: %s (process %d of %d)",
-        jax.devices(),
-        jax.process_index(),
-        jax.process_count(),
-    )
+    devices.log_startup()
     train.train_and_evaluate(config, _WORKDIR.value)
 
 

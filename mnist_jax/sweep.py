@@ -30,8 +30,10 @@ from ml_collections import ConfigDict
 from mnist_jax import (
     config_schema,
     data,
+    devices,
     metrics,
     schedule,
+    sizing,
     startup,
     steps,
     sweep_report,
@@ -48,10 +50,6 @@ log = logging.getLogger(__name__)
 # changes shapes or static structure and so starts a new group.
 TRACED_FIELDS = ("seed", "optim.learning_rate", "optim.clip_norm")
 RESULT_KEYS = tuple(metrics.keys("val", "test"))
-# Members per device trained at once: their params, Adagrad state and gradients
-# (~1 MB each) then stay in a CPU's L3 cache; more runs as further blocks. On the
-# 2-core benchmark machine 8 per device beat 16 by 7% over a 64-member sweep.
-MAX_MEMBERS_PER_DEVICE = 8
 _MEMBER_AXES = steps.Member(0, 0, 0, 0, 0)
 _STATE_AXES = steps.TrainState(None, 0, 0)  # the step count is shared by all members
 
@@ -100,11 +98,14 @@ def group_key(member: ConfigDict) -> str:
     )
 
 
-def block_layout(num_members: int, num_shards: int) -> tuple[int, int]:
-    """(blocks, members per block): blocks of at most `MAX_MEMBERS_PER_DEVICE` members
-    per device, equal in size (one compiled program), a multiple of `num_shards`."""
+def block_layout(
+    num_members: int, num_shards: int, members_per_device: int
+) -> tuple[int, int]:
+    """(blocks, members per block): blocks of at most `members_per_device` members per
+    device (`sizing.members_per_device`), equal in size (one compiled program), a
+    multiple of `num_shards`."""
     per_device = math.ceil(num_members / num_shards)
-    blocks = math.ceil(per_device / MAX_MEMBERS_PER_DEVICE)
+    blocks = math.ceil(per_device / members_per_device)
     return blocks, math.ceil(per_device / blocks) * num_shards
 
 
@@ -174,7 +175,11 @@ def run_group(
     another, time that thread would otherwise spend waiting."""
     config = configs[0]
     num_real = len(configs)
-    blocks, size = block_layout(num_real, device_mesh.shape[mesh_lib.MEMBERS])
+    blocks, size = block_layout(
+        num_real,
+        device_mesh.shape[mesh_lib.MEMBERS],
+        sizing.members_per_device(config, device_mesh),
+    )
     configs = configs + [configs[-1]] * (blocks * size - num_real)
     programs = group_programs(
         config, len(host.pool_labels), host.num_train, device_mesh
@@ -296,6 +301,7 @@ def main(argv) -> None:
     from absl import flags
 
     use_cpu_cores(flags.FLAGS.cpu_devices)
+    devices.log_startup()
     run_sweep(flags.FLAGS.config, flags.FLAGS.workdir)
 
 

@@ -106,7 +106,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             "training rows"
         )
 
-    # Mesh: params replicated, each batch's rows split along "data".
+    # Mesh: one device per process unless mesh.shape asks for data parallelism
+    # (mesh.default_devices says why); params replicated, rows split along "data".
     device_mesh = mesh_lib.make_mesh(config.mesh.shape)
     if mesh_lib.MEMBERS in device_mesh.shape:
         raise ConfigError(
@@ -150,8 +151,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         workdir = workdir_lib.prepare(workdir)
         chief = mesh_lib.is_chief()  # process 0 writes; all take part in checkpoints
         with contextlib.ExitStack() as stack:
-            if chief:
-                stack.enter_context(workdir_lib.lock(workdir))
+            stack.enter_context(workdir_lib.lock(workdir))  # all processes agree
             checkpointer = stack.enter_context(
                 checkpoints.Checkpointer(workdir, config.checkpoint.steps)
             )

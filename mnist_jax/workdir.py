@@ -41,28 +41,70 @@ def prepare(workdir: str | os.PathLike) -> Path:
 @contextlib.contextmanager
 def lock(workdir: Path) -> Iterator[None]:
     """One run per workdir. An OS lock (`flock`) on `WORKDIR/.lock` is released by the
-    kernel when its process dies, even by SIGKILL, so a stale lock is simply free."""
-    handle = open(workdir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the block)
-    try:
+    kernel when its process dies, even by SIGKILL, so a stale lock is simply free.
+
+    Every process of a run enters this: process 0 takes the lock and tells the others
+    whether it could, so a refusal is the same one-line `UserError` on every process,
+    never one process gone and the others waiting in a barrier."""
+    handle, problem = None, ""
+    if jax.process_index() == 0:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UserError(
-                f"workdir {workdir} is in use by {holder}; wait for it to finish or "
-                "use another --workdir"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(
-            f"process {os.getpid()} on {platform.node()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-        )
-        handle.flush()
+            handle = _acquire(workdir)
+        except UserError as e:
+            problem = str(e)
+    problem = _from_process_zero(problem)
+    if problem:
+        if handle is not None:
+            handle.close()
+        raise UserError(problem)
+    try:
         yield
     finally:
-        handle.close()  # closing releases the lock
+        if handle is not None:
+            handle.close()  # closing releases the lock
+
+
+def _acquire(workdir: Path):
+    path = workdir / LOCK_FILE
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 (held until the run ends)
+    except OSError as e:
+        raise UserError(f"cannot open {path} ({e.strerror})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"workdir {workdir} is in use by {holder}; wait for it to finish or "
+            "use another --workdir"
+        ) from None
+    except OSError as e:  # e.g. ENOSYS, EOPNOTSUPP, ENOLCK: no locks on this filesystem
+        handle.close()
+        raise UserError(
+            f"cannot lock {path} ({e.strerror or e}): its filesystem does not support "
+            "file locks; use a --workdir on a local or lock-capable filesystem"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+        f"process {os.getpid()} on {platform.node()} since "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    )
+    handle.flush()
+    return handle
+
+
+def _from_process_zero(message: str, size: int = 1024) -> str:
+    """Process 0's `message`, on every process (a no-op for a single process)."""
+    if jax.process_count() == 1:
+        return message
+    from jax.experimental import multihost_utils
+
+    encoded = message.encode()[:size].ljust(size, b"\0")
+    shared = multihost_utils.broadcast_one_to_all(np.frombuffer(encoded, np.uint8))
+    return bytes(np.asarray(shared, np.uint8)).rstrip(b"\0").decode(errors="replace")
 
 
 @contextlib.contextmanager
@@ -103,6 +145,7 @@ def environment() -> dict:
             "numpy": np.__version__,
         },
         "platform": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
         "devices": [str(d) for d in jax.devices()],
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),

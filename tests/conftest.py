@@ -1,6 +1,12 @@
 """Makes the suite strict and self-contained: rank promotion is an error (catches
 (N, 1) vs (N,) label bugs), no test touches the user's cache, figures draw headless.
-Also the finished runs the whole session shares, trained once each."""
+Also the finished runs the whole session shares, trained once each.
+
+The suite runs on CPU on any host, subprocesses included (`JAX_PLATFORMS=cpu`, set
+before JAX is imported): its multi-device tests simulate devices with XLA_FLAGS, which
+only the CPU backend honours. Tests marked `accelerator` run only under
+`pytest -m accelerator`, and only where a GPU or TPU is present.
+"""
 
 import os
 import shutil
@@ -8,6 +14,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# What the host offers, before the pin below hides it (for the accelerator tests).
+_HOST_PLATFORMS = os.environ.get("JAX_PLATFORMS", "")
+os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -19,6 +28,31 @@ from tests import processes  # noqa: E402
 REPO = processes.REPO
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 _USER_DATA_DIR = os.environ.get("MNIST_JAX_DATA_DIR")  # read before tests unset it
+
+
+def pytest_collection_modifyitems(config, items):
+    if "accelerator" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="opt-in: pytest -m accelerator on a GPU/TPU host")
+    for item in items:
+        if "accelerator" in item.keywords:
+            item.add_marker(skip)
+
+
+def accelerator_env() -> dict:
+    """`processes.run`'s `env` in which a child process sees the host's GPU or TPU (the
+    suite pins CPU), without JAX preallocating most of its memory; skips the test where
+    JAX finds no accelerator."""
+    env = {
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+        "XLA_FLAGS": None,
+        "JAX_PLATFORMS": _HOST_PLATFORMS or None,
+    }
+    probe = processes.Code("import jax; print(jax.default_backend())")
+    backend = processes.run(probe, env=env).stdout.strip()
+    if backend in ("", "cpu"):
+        pytest.skip("no GPU or TPU visible to JAX on this host")
+    return env
 
 
 @pytest.fixture(autouse=True)

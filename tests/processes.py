@@ -2,7 +2,7 @@
 does: from the repository root (or `cwd`), blocking with the output captured, or in the background.
 
 A `str` target is a module (`python -m mnist_jax.main`), a `Path` a script
-(`python experiments/confusion_matrix.py`). `env` adds to (or, with None, removes from)
+(`python experiments/confusion_matrix.py`), a `Code` source (`python -c`). `env` adds to (or, with None, removes from)
 the test's own environment, which the child otherwise inherits as it is.
 """
 
@@ -17,10 +17,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+class Code(str):
+    """A `target` that is Python source, run with `python -c`."""
+
+
 def command(target: str | Path, *args: str) -> list[str]:
     """The argv that runs `target` with this interpreter."""
     if isinstance(target, Path):
         return [sys.executable, str(target), *args]
+    if isinstance(target, Code):
+        return [sys.executable, "-c", target, *args]
     return [sys.executable, "-m", target, *args]
 
 

@@ -18,6 +18,7 @@ from tests import processes
 
 RUN = ["--config=configs/mlp.py:smoke", "--config.train.batch_size=32"]
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+DATA_PARALLEL = "--config.mesh.shape=(8,)"  # a single run's default is one device
 
 
 def _finish(process, timeout=300):
@@ -48,7 +49,11 @@ def test_eight_devices_match_one_and_restore_on_one(tmp_path, one_device):
     _, expected = one_device
     _finish(
         processes.start(
-            "mnist_jax.main", *RUN, f"--workdir={tmp_path}", env=EIGHT_DEVICES
+            "mnist_jax.main",
+            *RUN,
+            DATA_PARALLEL,
+            f"--workdir={tmp_path}",
+            env=EIGHT_DEVICES,
         )
     )
     results = json.loads((tmp_path / "results.json").read_text())
@@ -136,10 +141,29 @@ def test_mesh_shapes_and_batch_division():
     mesh.check_batch(one, 30)
 
 
+@pytest.mark.parametrize("num_devices", [4, 8])
+def test_default_mesh_runs_the_notebook_batch_on_any_device_count(
+    tmp_path, num_devices
+):
+    flags = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}"}
+    _finish(  # batch 30
+        processes.start(
+            "mnist_jax.main",
+            "--config=configs/mlp.py:smoke",
+            f"--workdir={tmp_path}",
+            env=flags,
+        )
+    )
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["mesh"]["axes"] == {"data": 1}
+    assert len(info["devices"]) == num_devices
+
+
 def test_batch_that_does_not_divide_the_devices_is_refused(tmp_path):
     result = processes.run(
         "mnist_jax.main",
         "--config=configs/mlp.py:smoke",
+        DATA_PARALLEL,
         f"--workdir={tmp_path}",
         env=EIGHT_DEVICES,
     )

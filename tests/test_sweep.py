@@ -6,7 +6,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs import sweep_linear, sweep_mlp
-from mnist_jax import config_schema, sweep, train
+from mnist_jax import config_schema, sizing, sweep, train
 from mnist_jax.errors import ConfigError
 from tests import processes
 
@@ -111,13 +111,12 @@ def test_no_axes_is_one_member_the_config_itself():
 
 
 @pytest.mark.parametrize("per_device", [1, 3, 8])
-def test_block_layout(monkeypatch, per_device):
+def test_block_layout(per_device):
     """For any cap, members and shards: equal blocks that hold every member, a multiple
     of the shards, at most the cap per device, none empty, and no more than needed."""
-    monkeypatch.setattr(sweep, "MAX_MEMBERS_PER_DEVICE", per_device)
     for num_shards in (1, 2, 3, 8):
         for num_members in range(1, 130):
-            blocks, size = sweep.block_layout(num_members, num_shards)
+            blocks, size = sweep.block_layout(num_members, num_shards, per_device)
             case = (num_members, num_shards, blocks, size)
             assert blocks * size >= num_members, case
             assert size % num_shards == 0 and size // num_shards <= per_device, case
@@ -128,7 +127,7 @@ def test_block_layout(monkeypatch, per_device):
 
 def test_blocks_give_the_same_members(smoke_sweep, tmp_path, monkeypatch):
     _, rows = smoke_sweep
-    monkeypatch.setattr(sweep, "MAX_MEMBERS_PER_DEVICE", 3)  # 4 members: 2 blocks of 2
+    monkeypatch.setattr(sizing, "CACHE_MEMBERS_PER_DEVICE", 3)  # 2 blocks of 2
     blocked = sweep.run_sweep(_small_sweep(), tmp_path)
     for a, b in zip(rows, blocked, strict=True):
         for key in sweep.RESULT_KEYS:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from mnist_jax import devices
-from tests.conftest import run_module
+from tests import processes
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_gpu_detection(monkeypatch, tmp_path):
 
 
 def test_sweep_logs_and_records_its_platform(tmp_path):
-    result = run_module(
+    result = processes.run(
         "mnist_jax.sweep",
         "--config=configs/sweep_mlp.py:smoke",
         "--config.sweep.optim.learning_rate=(0.1,)",

@@ -1,4 +1,5 @@
-"""When a run evaluates and when it saves: the ends of its compiled chunks."""
+"""When a run evaluates and when it saves: the ends of its compiled chunks, and so the
+chunk lengths it compiles a training program for."""
 
 from __future__ import annotations
 
@@ -22,3 +23,20 @@ def save_steps(config) -> list[int]:
     )
     kept = (s for s in config.checkpoint.steps if s <= num_steps)
     return sorted({*rolling, *kept, num_steps})
+
+
+def chunk_ends(config, done: int = 0) -> list[int]:
+    """The ends of the compiled chunks after step `done`: period ends and save steps."""
+    num_steps = config.train.num_steps
+    ends = {*period_ends(num_steps, config.train.num_periods), *save_steps(config)}
+    return sorted(s for s in ends if s > done)
+
+
+def chunk_lengths(config, done: int = 0) -> list[int]:
+    """The distinct chunk lengths after step `done`, in the order the run first needs
+    them: each is one compiled training program (its loop's trip count is static)."""
+    lengths, previous = {}, done
+    for end in chunk_ends(config, done):
+        lengths.setdefault(end - previous)
+        previous = end
+    return list(lengths)

@@ -28,6 +28,7 @@ from mnist_jax import (
     models,
     optim,
     plots,
+    schedule,
     startup,
     steps,
     writers,
@@ -53,6 +54,7 @@ def make_program(config, device_mesh=None) -> steps.Program:
         device_mesh,
         optimizer=config.optim.name,
         optimizer_fields=tuple(sorted(optimizer_fields.items())),
+        matmul_precision=config.train.matmul_precision,
     )
 
 
@@ -123,20 +125,38 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     state_spec, member_spec = mesh_lib.specs(
         jax.eval_shape(init, *init_args), replicated
     )
-    flag_specs = mesh_lib.specs((jnp.int32(0), jnp.bool_(True)), replicated)
     pool_spec = mesh_lib.specs(data.pool_spec(num_pool), replicated)
+    train_jit = jax.jit(program.train_steps, static_argnums=1, donate_argnums=0)
     with startup.Compiler() as compiler:
         init_ready = compiler.submit(
             jax.jit(init, out_shardings=replicated), *init_args, run_once=True
         )
-        chunk_ready = compiler.submit(
-            jax.jit(program.chunk, donate_argnums=0),
-            state_spec,
-            *flag_specs,
-            pool_spec,
+        # The training loop's trip count is static: one program per chunk length
+        # (`schedule.chunk_lengths`), compiled in the order the loop needs them.
+        train_ready = {}
+
+        def train_program(num_steps: int):
+            if num_steps not in train_ready:  # a length off the schedule (a resume)
+                orders = (order_spec,) * program.chunk_epochs(num_steps, member_spec)
+                train_ready[num_steps] = compiler.submit(
+                    train_jit, state_spec, num_steps, pool_spec, member_spec, orders
+                )
+            return train_ready[num_steps]
+
+        order_spec = jax.ShapeDtypeStruct((num_train,), jnp.int32, sharding=replicated)
+        first_length, *later_lengths = schedule.chunk_lengths(config)
+        train_program(first_length)
+        order_ready = compiler.submit(
+            jax.jit(program.epoch_order),
             member_spec,
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+        )
+        evaluate_ready = compiler.submit(
+            jax.jit(program.pool_scores), state_spec.params, pool_spec, member_spec
         )
         host = data.load(config.data, source)
+        for length in later_lengths:
+            train_program(length)
         dataset = data.to_device(host, replicated)
         final_ready = compiler.submit(
             jax.jit(program.final_evaluation),
@@ -163,6 +183,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 "data": host.fingerprint(),
                 **workdir_lib.environment(),
                 "mesh": mesh_lib.describe(device_mesh),
+                "matmul_precision": config.train.matmul_precision,
             }
             if chief:
                 stack.enter_context(workdir_lib.log_file(workdir))
@@ -170,7 +191,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 writers.write_json(workdir / workdir_lib.CONFIG_FILE, recorded)
                 writers.rewrite_metrics(workdir, history)
                 writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
-            chunk = chunk_ready.result()
+            programs = loop.ChunkPrograms(
+                lambda num_steps: train_program(num_steps).result(),
+                order_ready.result(),
+                evaluate_ready.result(),
+            )
+            for length in schedule.chunk_lengths(config, int(state.step))[:1]:
+                programs.train(length)  # start-up ends once training can start
             run_info["startup_seconds"] = time.perf_counter() - start
 
             # The loop: chunks between period ends and checkpoint steps.
@@ -178,7 +205,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             train_start = time.perf_counter()
             state = loop.train_chunks(
                 config,
-                chunk,
+                program,
+                programs,
                 state,
                 dataset.without_test(),
                 member,

@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 
 class ChunkPrograms(NamedTuple):
     """A run's compiled programs. Its training loop has a static trip count, so there is
-    one program per chunk length; the epochs' row orders and the evaluation are calls
-    of their own; so no program holds a conditional (on a GPU, a round trip to the host
-    every step)."""
+    one program per trip count (`schedule.loop_lengths`; a chunk is one or more calls);
+    the epochs' row orders and the evaluation are calls of their own; so no program
+    holds a conditional (on a GPU, a round trip to the host every step)."""
 
-    # chunk length -> (state, pool, member, orders) -> (state, first non-finite
-    # step), as `steps.Program.train_steps`; the state is donated
+    # trip count -> (state, pool, member, orders) -> (state, first non-finite step),
+    # as `steps.Program.train_steps`; the state is donated
     train: Callable[[int], Callable]
     order: Callable  # (member, epoch) -> that epoch's row order
     evaluate: Callable  # (params, pool, member) -> the period's scores
@@ -91,6 +91,7 @@ def train_chunks(
         )
 
     orders = EpochOrders(program, programs.order, member)
+    lengths = schedule.loop_lengths(config)  # those compiled ahead of time
     chief = mesh_lib.is_chief()
     with (
         writers.MetricWriter(workdir, enabled=chief) as writer,
@@ -99,14 +100,19 @@ def train_chunks(
         writer.write_hparams(config.to_dict())
         for end in schedule.chunk_ends(config, done):
             evaluate = end in evaluate_at
-            candidate, nonfinite = programs.train(end - done)(
-                state, pool, member, orders(done, end - done)
-            )
+            candidate, nonfinite, step = state, [], done
+            for length in schedule.calls(end - done, lengths):
+                candidate, first_nonfinite = programs.train(length)(
+                    candidate, pool, member, orders(step, length)
+                )
+                nonfinite.append(first_nonfinite)
+                step += length
             # Dispatched at once: the device evaluates while the host waits for both.
             scores = (
                 programs.evaluate(candidate.params, pool, member) if evaluate else {}
             )
             nonfinite, scores = mesh_lib.to_host((nonfinite, scores))
+            nonfinite = next((s for s in nonfinite if s >= 0), -1)  # the first call's
             if int(nonfinite) >= 0:
                 error = diverged(config, int(nonfinite) + 1, last_saved)
                 log.error("%s", error, extra={"console": False})

@@ -1,7 +1,14 @@
-"""When a run evaluates and when it saves: the ends of its compiled chunks, and so the
-chunk lengths it compiles a training program for."""
+"""When a run evaluates and when it saves: the ends of its compiled chunks, and the
+trip counts of the training loops it compiles to run them."""
 
 from __future__ import annotations
+
+import math
+
+# A training loop's trip count is static, so each trip count is a compilation (~0.5 s
+# of a 5 s run on a CPU). A chunk may instead run as several calls of one shorter loop
+# (~0.1 ms each, none waiting for the device): up to this many calls per chunk.
+MAX_CALLS_PER_CHUNK = 100
 
 
 def period_ends(num_steps: int, num_periods: int) -> list[int]:
@@ -40,3 +47,26 @@ def chunk_lengths(config, done: int = 0) -> list[int]:
         lengths.setdefault(end - previous)
         previous = end
     return list(lengths)
+
+
+def loop_lengths(config, done: int = 0) -> list[int]:
+    """The trip counts of the training loops a run compiles, in the order it first
+    needs them: the greatest common divisor of its chunk lengths, where no chunk is
+    then over `MAX_CALLS_PER_CHUNK` calls (configs/mlp.py: chunks of 10, 90 and 100
+    steps, one loop of 10), else each chunk length."""
+    lengths = chunk_lengths(config, done)
+    unit = math.gcd(*lengths)
+    if lengths and max(lengths) <= unit * MAX_CALLS_PER_CHUNK:
+        return [unit]
+    return lengths
+
+
+def calls(num_steps: int, compiled: list[int]) -> list[int]:
+    """The loop calls, each a trip count, that run a chunk of `num_steps`: one of the
+    `compiled` lengths repeated, or `num_steps` itself (compiled when first needed, e.g.
+    by a run resumed off its schedule)."""
+    for length in sorted(compiled, reverse=True):
+        repeats, rest = divmod(num_steps, length)
+        if not rest and repeats <= MAX_CALLS_PER_CHUNK:
+            return [length] * repeats
+    return [num_steps]

@@ -131,12 +131,12 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         init_ready = compiler.submit(
             jax.jit(init, out_shardings=replicated), *init_args, run_once=True
         )
-        # The training loop's trip count is static: one program per chunk length
-        # (`schedule.chunk_lengths`), compiled in the order the loop needs them.
+        # The training loop's trip count is static: one program per trip count
+        # (`schedule.loop_lengths`), compiled in the order the loop needs them.
         train_ready = {}
 
         def train_program(num_steps: int):
-            if num_steps not in train_ready:  # a length off the schedule (a resume)
+            if num_steps not in train_ready:  # a chunk off the schedule (a resume)
                 orders = (order_spec,) * program.chunk_epochs(num_steps, member_spec)
                 train_ready[num_steps] = compiler.submit(
                     train_jit, state_spec, num_steps, pool_spec, member_spec, orders
@@ -144,7 +144,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             return train_ready[num_steps]
 
         order_spec = jax.ShapeDtypeStruct((num_train,), jnp.int32, sharding=replicated)
-        first_length, *later_lengths = schedule.chunk_lengths(config)
+        first_length, *later_lengths = schedule.loop_lengths(config)
         train_program(first_length)
         order_ready = compiler.submit(
             jax.jit(program.epoch_order),
@@ -196,8 +196,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 order_ready.result(),
                 evaluate_ready.result(),
             )
-            for length in schedule.chunk_lengths(config, int(state.step))[:1]:
-                programs.train(length)  # start-up ends once training can start
+            for end in schedule.chunk_ends(config, int(state.step))[:1]:
+                # Start-up ends once training can start.
+                length = end - int(state.step)
+                programs.train(schedule.calls(length, schedule.loop_lengths(config))[0])
             run_info["startup_seconds"] = time.perf_counter() - start
 
             # The loop: chunks between period ends and checkpoint steps.

@@ -122,6 +122,16 @@ def test_run_chunk_lengths_come_from_the_schedule():
     assert schedule.chunk_lengths(mlp.get_config("smoke")) == [5, 10]
 
 
+def test_a_run_compiles_few_training_loops():
+    config = mlp.get_config()
+    assert schedule.loop_lengths(config) == [10]  # chunks of 10, 90, 100: one loop
+    assert schedule.calls(90, [10]) == [10] * 9
+    assert schedule.calls(7, [10]) == [7]  # off the schedule: its own loop
+    config.train.num_periods = 7  # ends 10, 100, 143, 286, ...: gcd 1
+    assert schedule.loop_lengths(config) == [10, 90, 43, 143, 142]
+    assert schedule.calls(143, schedule.loop_lengths(config)) == [143]
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("float32", "HIGHEST"), ("tensorfloat32", "HIGH"), ("default", "DEFAULT")],

@@ -1,4 +1,5 @@
-"""The pure, compiled hot path: many training steps per call, then one fused evaluation.
+"""The pure, compiled hot path: many training steps per call, as a `lax.scan` of static
+length with no conditional (no host round trip on an accelerator), and evaluations.
 
 Nothing here holds state between calls. Every random choice is derived from the
 member's key and the step number (`fold_in`), never carried, so a run cut into chunks
@@ -96,11 +97,8 @@ class Program:
     def chunk_epochs(self, num_steps: int, member: Member) -> int:
         """How many epoch orders `train_steps` takes: the most epochs `num_steps`
         consecutive steps can touch, wherever they start."""
-        return (
-            max(num_steps + self.steps_per_epoch(member) - 2, 0)
-            // (self.steps_per_epoch(member))
-            + 1
-        )
+        per_epoch = self.steps_per_epoch(member)
+        return max(num_steps + per_epoch - 2, 0) // per_epoch + 1
 
     def batch_rows(
         self, step: jax.Array, num_steps: int, orders: jax.Array, member: Member

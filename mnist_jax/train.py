@@ -3,7 +3,7 @@
 `train_and_evaluate` is what `main.py` calls and what a notebook calls; it reads top to
 bottom: config, input, mesh, model and optimizer, compiled programs, workdir and
 checkpoints, the training loop, the final evaluation and the run's files. The compiled
-work is `steps.Program`, one call per chunk; chunks end at period ends (where the run
+work is `steps.Program`, a few calls per chunk; chunks end at period ends (where the run
 evaluates) and at checkpoint steps. A workdir with checkpoints is resumed.
 """
 

@@ -194,7 +194,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             programs = loop.ChunkPrograms(
                 lambda num_steps: train_program(num_steps).result(),
                 order_ready.result(),
-                evaluate_ready.result(),
+                # Training starts while the evaluation still compiles.
+                lambda *args: evaluate_ready.result()(*args),
             )
             for end in schedule.chunk_ends(config, int(state.step))[:1]:
                 # Start-up ends once training can start.

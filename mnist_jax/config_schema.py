@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from mnist_jax import download, models, optim
+from mnist_jax import download, models, optim, steps
 from mnist_jax.data import SOURCES
 from mnist_jax.errors import ConfigError
 
@@ -64,6 +64,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.batch_size = 30
     # Evaluations (points of the log-loss curve), evenly spread over training.
     config.train.num_periods = 10
+    # Matmul arithmetic: float32 (TF1's, the default) | tensorfloat32 | bfloat16 |
+    # default (the device's own: TF32 on a GPU, bfloat16 passes on a TPU).
+    config.train.matmul_precision = "float32"
 
     config.checkpoint = ml_collections.ConfigDict()
     # Saved and kept forever (the notebook's three convergence levels).
@@ -206,6 +209,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"optim.loss_reduction={flat['optim.loss_reduction']!r} is not one of "
             f"{', '.join(optim.LOSS_REDUCTIONS)}"
+        )
+    if flat["train.matmul_precision"] not in steps.MATMUL_PRECISIONS:
+        raise ConfigError(
+            f"train.matmul_precision={flat['train.matmul_precision']!r} is not one of "
+            f"{', '.join(steps.MATMUL_PRECISIONS)}"
         )
     every = flat["checkpoint.every_steps"]
     if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:

@@ -7,20 +7,59 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-import jax.numpy as jnp
+import numpy as np
 
-from mnist_jax import checkpoints, interrupts, metrics, schedule, writers
+from mnist_jax import checkpoints, interrupts, metrics, schedule, steps, writers
 from mnist_jax import mesh as mesh_lib
 from mnist_jax.errors import Interrupted, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
 
+class ChunkPrograms(NamedTuple):
+    """A run's compiled programs. Its training loop has a static trip count, so there is
+    one program per trip count (`schedule.loop_lengths`; a chunk is one or more calls);
+    the epochs' row orders and the evaluation are calls of their own; so no program
+    holds a conditional (on a GPU, a round trip to the host every step)."""
+
+    # trip count -> (state, pool, member, orders) -> (state, first non-finite step),
+    # as `steps.Program.train_steps`; the state is donated
+    train: Callable[[int], Callable]
+    order: Callable  # (member, epoch) -> that epoch's row order
+    evaluate: Callable  # (params, pool, member) -> the period's scores
+
+
+class EpochOrders:
+    """Each epoch's row order, drawn once on the device (`order`, a compiled
+    `steps.Program.epoch_order`) and kept while a chunk may still need it; a chunk's
+    training program takes the orders of the epochs it touches
+    (`steps.Program.chunk_epochs` of them, the slots past the chunk's last epoch
+    filled with that epoch's, unread)."""
+
+    def __init__(self, program: steps.Program, order: Callable, member):
+        self._program, self._order, self._member = program, order, member
+        self._drawn: dict[int, object] = {}
+
+    def __call__(self, done: int, num_steps: int) -> tuple:
+        per_epoch = self._program.steps_per_epoch(self._member)
+        first, last = done // per_epoch, (done + num_steps - 1) // per_epoch
+        slots = self._program.chunk_epochs(num_steps, self._member)
+        epochs = [min(first + i, last) for i in range(slots)]
+        self._drawn = {e: o for e, o in self._drawn.items() if e >= first}
+        for epoch in epochs:
+            if epoch not in self._drawn:
+                self._drawn[epoch] = self._order(self._member, np.int32(epoch))
+        return tuple(self._drawn[e] for e in epochs)
+
+
 def train_chunks(
     config,
-    chunk,
+    program: steps.Program,
+    programs: ChunkPrograms,
     state,
     pool,
     member,
@@ -51,18 +90,29 @@ def train_chunks(
             },
         )
 
+    orders = EpochOrders(program, programs.order, member)
+    lengths = schedule.loop_lengths(config)  # those compiled ahead of time
     chief = mesh_lib.is_chief()
     with (
         writers.MetricWriter(workdir, enabled=chief) as writer,
         interrupts.deferred() as received,
     ):
         writer.write_hparams(config.to_dict())
-        for end in sorted(s for s in evaluate_at | save_at if s > done):
+        for end in schedule.chunk_ends(config, done):
             evaluate = end in evaluate_at
-            candidate, scores, nonfinite = chunk(
-                state, jnp.int32(end - done), jnp.bool_(evaluate), pool, member
+            candidate, nonfinite, step = state, [], done
+            for length in schedule.calls(end - done, lengths):
+                candidate, first_nonfinite = programs.train(length)(
+                    candidate, pool, member, orders(step, length)
+                )
+                nonfinite.append(first_nonfinite)
+                step += length
+            # Dispatched at once: the device evaluates while the host waits for both.
+            scores = (
+                programs.evaluate(candidate.params, pool, member) if evaluate else {}
             )
             nonfinite, scores = mesh_lib.to_host((nonfinite, scores))
+            nonfinite = next((s for s in nonfinite if s >= 0), -1)  # the first call's
             if int(nonfinite) >= 0:
                 error = diverged(config, int(nonfinite) + 1, last_saved)
                 log.error("%s", error, extra={"console": False})

@@ -1,4 +1,5 @@
-"""The pure, compiled hot path: many training steps per call, then one fused evaluation.
+"""The pure, compiled hot path: many training steps per call, as a `lax.scan` of static
+length with no conditional (no host round trip on an accelerator), and evaluations.
 
 Nothing here holds state between calls. Every random choice is derived from the
 member's key and the step number (`fold_in`), never carried, so a run cut into chunks
@@ -25,6 +26,10 @@ _SHUFFLE_STREAM, _DROPOUT_STREAM = 2, 3
 # caches (for 16 sweep members, 1000 rows x 1600 units is 6 MB; the whole pool's would
 # be 64 MB), which took a sweep's evaluation from 0.26 s to 0.17 s per period.
 EVAL_BLOCK_ROWS = 1000
+# `train.matmul_precision`'s choices, as `jax.default_matmul_precision` names them:
+# float32 is TF1's arithmetic (and what a CPU does anyway); GPUs otherwise default to
+# TensorFloat-32 and TPUs to bfloat16 passes, faster but not the notebook's numbers.
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
 
 
 class TrainState(NamedTuple):
@@ -54,6 +59,7 @@ class Program:
     mesh: Mesh | None = None  # rows of batches and of evaluations shard along "data"
     optimizer: str = "adagrad"  # an `optim.OPTIMIZERS` name
     optimizer_fields: tuple[tuple[str, Any], ...] = ()  # its config fields, as items
+    matmul_precision: str = "float32"  # a `MATMUL_PRECISIONS` name, for every program
 
     def make_optimizer(self, learning_rate, clip_norm) -> optax.GradientTransformation:
         return optim.make_optimizer(
@@ -76,40 +82,78 @@ class Program:
         opt_state = self.make_optimizer(1.0, 1.0).init(params)
         return TrainState(jnp.zeros((), jnp.int32), params, opt_state)
 
+    def steps_per_epoch(self, member: Member) -> int:
+        return member.train_idx.shape[-1] // self.batch_size
+
+    def epoch_order(self, member: Member, epoch: jax.Array) -> jax.Array:
+        """The order (num_train,) in which `epoch` visits the training rows: a
+        permutation drawn from `fold_in(key, epoch)`. Its own program, called once per
+        epoch (by `loop.EpochOrders`): drawn inside the training loop it would be a
+        conditional, and drawn per chunk it would cost more than the steps (a sort)."""
+        shuffle_key = jax.random.fold_in(member.key, _SHUFFLE_STREAM)
+        num_train = member.train_idx.shape[0]
+        return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
+
+    def chunk_epochs(self, num_steps: int, member: Member) -> int:
+        """How many epoch orders `train_steps` takes: the most epochs `num_steps`
+        consecutive steps can touch, wherever they start."""
+        per_epoch = self.steps_per_epoch(member)
+        return max(num_steps + per_epoch - 2, 0) // per_epoch + 1
+
+    def batch_rows(
+        self, step: jax.Array, num_steps: int, orders: jax.Array, member: Member
+    ) -> jax.Array:
+        """The pool rows (num_steps, batch_size) of steps `step`, ...,
+        `step + num_steps - 1`, from `orders` (`chunk_epochs`, num_train): the orders of
+        epochs `step // steps_per_epoch` onwards. The trailing partial batch of each
+        epoch is dropped."""
+        steps_per_epoch = self.steps_per_epoch(member)
+        step_numbers = step + jnp.arange(num_steps, dtype=step.dtype)
+        epoch = (step_numbers // steps_per_epoch - step // steps_per_epoch)[:, None]
+        start = ((step_numbers % steps_per_epoch) * self.batch_size)[:, None]
+        columns = start + jnp.arange(self.batch_size)[None, :]
+        return member.train_idx[orders[epoch, columns]]
+
+    def chunk_orders(self, step: jax.Array, num_steps: int, member: Member):
+        """`train_steps`' `orders`, drawn here, in the program (`loop.EpochOrders` draws
+        each epoch's once, outside)."""
+        epochs = step // self.steps_per_epoch(member) + jnp.arange(
+            self.chunk_epochs(num_steps, member), dtype=step.dtype
+        )
+        return jax.vmap(lambda e: self.epoch_order(member, e))(epochs)
+
     def train_steps(
-        self, state: TrainState, num_steps: jax.Array, data: Dataset, member: Member
+        self,
+        state: TrainState,
+        num_steps: int,
+        data: Dataset,
+        member: Member,
+        orders: jax.Array | None = None,
     ) -> tuple[TrainState, jax.Array]:
-        """`num_steps` steps as one loop; a traced trip count means one compilation for
-        every chunk length. Each epoch visits the training rows in a permutation drawn
-        from `fold_in(key, epoch)`; the trailing partial batch is dropped.
+        """`num_steps` steps as one `lax.scan`. `num_steps` is static (jit it with
+        `static_argnums=1`): one compilation per chunk length, and a loop whose trip
+        count XLA knows and whose body has no conditional, so an accelerator runs the
+        whole chunk without a round trip to the host. The batches' rows are gathered
+        before the loop from `orders` (see `batch_rows`; default: drawn here).
 
         Also returns the first step (0-based) whose loss or gradient norm was NaN or
         infinite, or -1: divergence is caught in the chunk where it happens."""
-        num_train = member.train_idx.shape[0]
-        steps_per_epoch = num_train // self.batch_size
-        shuffle_key = jax.random.fold_in(member.key, _SHUFFLE_STREAM)
+        if orders is None:
+            orders = self.chunk_orders(state.step, num_steps, member)
+        rows = self.batch_rows(state.step, num_steps, jnp.asarray(orders), member)
+        with jax.default_matmul_precision(self.matmul_precision):
+            return self._train_steps(state, rows, data, member)
+
+    def _train_steps(self, state, rows, data, member):
         dropout_key = jax.random.fold_in(member.key, _DROPOUT_STREAM)
         tx = self.make_optimizer(member.learning_rate, member.clip_norm)
-
-        def permutation(epoch):
-            return jax.random.permutation(
-                jax.random.fold_in(shuffle_key, epoch), num_train
-            )
 
         def loss_fn(params, x, y, key):
             logits = self.logits(params, x, dropout_key=key)
             return optim.cross_entropy(logits, y, self.loss_reduction)
 
-        def step_fn(_, carry):
-            state, order, order_epoch, nonfinite = carry
-            epoch = state.step // steps_per_epoch
-            order = jax.lax.cond(
-                epoch == order_epoch, lambda: order, lambda: permutation(epoch)
-            )
-            start = (state.step % steps_per_epoch) * self.batch_size
-            rows = member.train_idx[
-                jax.lax.dynamic_slice_in_dim(order, start, self.batch_size)
-            ]
+        def step_fn(carry, rows):
+            state, nonfinite = carry
             loss, grads = jax.value_and_grad(loss_fn)(
                 state.params,
                 self.shard_rows(data.pool_x[rows]),
@@ -120,21 +164,19 @@ class Program:
             nonfinite = jnp.where((nonfinite < 0) & ~finite, state.step, nonfinite)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            state = TrainState(state.step + 1, params, opt_state)
-            return state, order, epoch, nonfinite
+            return (TrainState(state.step + 1, params, opt_state), nonfinite), None
 
-        # No order yet (epoch -1): the first step draws its epoch's permutation, so the
-        # program holds a single copy of the (slow to compile) shuffle.
-        no_order = jnp.zeros(num_train, jnp.int32), jnp.int32(-1)
-        carry = (state, *no_order, jnp.int32(-1))
-        state, _, _, nonfinite = jax.lax.fori_loop(0, num_steps, step_fn, carry)
+        (state, nonfinite), _ = jax.lax.scan(step_fn, (state, jnp.int32(-1)), rows)
         return state, nonfinite
 
     def row_scores(self, params, x: jax.Array, y: jax.Array):
         """Per row: every metric's value ({name: (N,)}) and the predicted class,
         computed `EVAL_BLOCK_ROWS` rows at a time (`lax.map`) so that no activation
         larger than a block is ever stored."""
+        with jax.default_matmul_precision(self.matmul_precision):
+            return self._row_scores(params, x, y)
 
+    def _row_scores(self, params, x, y):
         def score(x, y):
             logits = self.logits(params, self.shard_rows(x))
             return metrics.row_values(logits, y), jnp.argmax(logits, axis=-1)
@@ -173,24 +215,20 @@ class Program:
     def chunk(
         self,
         state: TrainState,
-        num_steps: jax.Array,
-        evaluate: jax.Array,
+        num_steps: int,
+        evaluate: bool,
         data: Dataset,
         member: Member,
+        orders: jax.Array | None = None,
     ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
         """Train `num_steps` steps, then, if `evaluate` (a period end; not at a bare
-        checkpoint step), score the training and validation rows. Both flags are traced:
-        one compilation serves every chunk of the run. The third output is
-        `train_steps`' first non-finite step."""
-
-        def scores(params):
-            return self.pool_scores(params, data, member)
-
-        def skipped(params):
-            return jax.tree.map(jnp.zeros_like, jax.eval_shape(scores, params))
-
-        state, nonfinite = self.train_steps(state, num_steps, data, member)
-        return state, jax.lax.cond(evaluate, scores, skipped, state.params), nonfinite
+        checkpoint step), score the training and validation rows ({} if not). Both are
+        static (`static_argnums=(1, 2)`): one compilation per (length, evaluate), and
+        no conditional in the program. `orders` as in `train_steps`. The third output
+        is `train_steps`' first non-finite step."""
+        state, nonfinite = self.train_steps(state, num_steps, data, member, orders)
+        scores = self.pool_scores(state.params, data, member) if evaluate else {}
+        return state, scores, nonfinite
 
     def test_scores(self, params, data: Dataset) -> dict[str, jax.Array]:
         """Every metric on the test set alone: all a sweep member adds at its end (its

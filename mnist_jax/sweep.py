@@ -31,6 +31,7 @@ from mnist_jax import (
     config_schema,
     data,
     devices,
+    loop,
     metrics,
     schedule,
     sizing,
@@ -114,8 +115,12 @@ class GroupPrograms(NamedTuple):
     mesh's `members` axis: what `run_group` runs and the benchmark times."""
 
     init: Callable  # (seeds, learning rates, clip norms) -> (TrainState, Member)
-    chunk: Callable  # as steps.Program.chunk, for a block of members (state donated)
+    # as steps.Program.chunk, for a block of members (state donated; the chunk length
+    # and evaluate flag are static: one compilation per length)
+    chunk: Callable
     test: Callable  # as steps.Program.test_scores
+    order: Callable  # as steps.Program.epoch_order, for a block of members
+    program: steps.Program  # the single run's, which these vmap
 
 
 def group_programs(
@@ -131,7 +136,7 @@ def group_programs(
     )
     chunk = vmapped(
         program.chunk,
-        in_axes=(_STATE_AXES, None, None, None, _MEMBER_AXES),
+        in_axes=(_STATE_AXES, None, None, None, _MEMBER_AXES, 0),
         out_axes=(_STATE_AXES, 0, 0),
     )
     return GroupPrograms(
@@ -143,11 +148,13 @@ def group_programs(
             ),
             compiler_options=startup.RUN_ONCE_OPTIONS,
         ),
-        chunk=jax.jit(chunk, donate_argnums=0),
+        chunk=jax.jit(chunk, static_argnums=(1, 2), donate_argnums=0),
         test=jax.jit(
             vmapped(program.test_scores, in_axes=(0, None)),
             compiler_options=startup.RUN_ONCE_OPTIONS,
         ),
+        order=jax.jit(vmapped(program.epoch_order, in_axes=(_MEMBER_AXES, None))),
+        program=program,
     )
 
 
@@ -188,17 +195,29 @@ def run_group(
     state_spec, member_spec = jax.eval_shape(
         programs.init, *member_arrays(configs[:size])
     )
-    flags = mesh_lib.specs(
-        (jnp.int32(0), jnp.bool_(True)), mesh_lib.replicated(device_mesh)
-    )
     period_ends = schedule.period_ends(config.train.num_steps, config.train.num_periods)
+    lengths = dict.fromkeys(
+        b - a for a, b in zip([0, *period_ends[:-1]], period_ends, strict=True)
+    )
     pending = []  # per block: (each period's scores, test scores), still on device
     with startup.Compiler() as compiler:
         # The training and test programs compile on a second thread while this one
         # initialises the first block.
-        chunk_ready = compiler.submit(
-            programs.chunk, state_spec, *flags, pool, member_spec
-        )
+        epoch = jax.ShapeDtypeStruct((), jnp.int32)
+        order_ready = compiler.submit(programs.order, member_spec, epoch)
+        order_spec = jax.eval_shape(programs.order, member_spec, epoch)
+        chunk_ready = {
+            n: compiler.submit(
+                programs.chunk,
+                state_spec,
+                n,
+                True,
+                pool,
+                member_spec,
+                (order_spec,) * programs.program.chunk_epochs(n, member_spec),
+            )
+            for n in lengths
+        }
         test_ready = compiler.submit(programs.test, state_spec.params, dataset)
         if while_compiling is not None:
             while_compiling()
@@ -209,10 +228,11 @@ def run_group(
                 *member_arrays(configs[block * size : (block + 1) * size])
             )
             periods, done = [], 0
+            orders = loop.EpochOrders(programs.program, order_ready.result(), member)
             for end in period_ends:
                 # A diverging member is not stopped: its numbers come out NaN.
-                state, scores, _ = chunk_ready.result()(
-                    state, jnp.int32(end - done), jnp.bool_(True), pool, member
+                state, scores, _ = chunk_ready[end - done].result()(
+                    state, pool, member, orders(done, end - done)
                 )
                 periods.append(scores)
                 done = end

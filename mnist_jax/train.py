@@ -3,7 +3,7 @@
 `train_and_evaluate` is what `main.py` calls and what a notebook calls; it reads top to
 bottom: config, input, mesh, model and optimizer, compiled programs, workdir and
 checkpoints, the training loop, the final evaluation and the run's files. The compiled
-work is `steps.Program`, one call per chunk; chunks end at period ends (where the run
+work is `steps.Program`, a few calls per chunk; chunks end at period ends (where the run
 evaluates) and at checkpoint steps. A workdir with checkpoints is resumed.
 """
 
@@ -28,6 +28,7 @@ from mnist_jax import (
     models,
     optim,
     plots,
+    schedule,
     startup,
     steps,
     writers,
@@ -53,6 +54,7 @@ def make_program(config, device_mesh=None) -> steps.Program:
         device_mesh,
         optimizer=config.optim.name,
         optimizer_fields=tuple(sorted(optimizer_fields.items())),
+        matmul_precision=config.train.matmul_precision,
     )
 
 
@@ -124,20 +126,38 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     state_spec, member_spec = mesh_lib.specs(
         jax.eval_shape(init, *init_args), replicated
     )
-    flag_specs = mesh_lib.specs((jnp.int32(0), jnp.bool_(True)), replicated)
     pool_spec = mesh_lib.specs(data.pool_spec(num_pool), replicated)
+    train_jit = jax.jit(program.train_steps, static_argnums=1, donate_argnums=0)
     with startup.Compiler() as compiler:
         init_ready = compiler.submit(
             jax.jit(init, out_shardings=replicated), *init_args, run_once=True
         )
-        chunk_ready = compiler.submit(
-            jax.jit(program.chunk, donate_argnums=0),
-            state_spec,
-            *flag_specs,
-            pool_spec,
+        # The training loop's trip count is static: one program per trip count
+        # (`schedule.loop_lengths`), compiled in the order the loop needs them.
+        train_ready = {}
+
+        def train_program(num_steps: int):
+            if num_steps not in train_ready:  # a chunk off the schedule (a resume)
+                orders = (order_spec,) * program.chunk_epochs(num_steps, member_spec)
+                train_ready[num_steps] = compiler.submit(
+                    train_jit, state_spec, num_steps, pool_spec, member_spec, orders
+                )
+            return train_ready[num_steps]
+
+        order_spec = jax.ShapeDtypeStruct((num_train,), jnp.int32, sharding=replicated)
+        first_length, *later_lengths = schedule.loop_lengths(config)
+        train_program(first_length)
+        order_ready = compiler.submit(
+            jax.jit(program.epoch_order),
             member_spec,
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+        )
+        evaluate_ready = compiler.submit(
+            jax.jit(program.pool_scores), state_spec.params, pool_spec, member_spec
         )
         host = data.load(config.data, source)
+        for length in later_lengths:
+            train_program(length)
         dataset = data.to_device(host, replicated)
         final_ready = compiler.submit(
             jax.jit(program.final_evaluation),
@@ -163,6 +183,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 "data": host.fingerprint(),
                 **workdir_lib.environment(),
                 "mesh": mesh_lib.describe(device_mesh),
+                "matmul_precision": config.train.matmul_precision,
             }
             if chief:
                 stack.enter_context(workdir_lib.log_file(workdir))
@@ -170,7 +191,16 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 writers.write_json(workdir / workdir_lib.CONFIG_FILE, recorded)
                 writers.rewrite_metrics(workdir, history)
                 writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
-            chunk = chunk_ready.result()
+            programs = loop.ChunkPrograms(
+                lambda num_steps: train_program(num_steps).result(),
+                order_ready.result(),
+                # Training starts while the evaluation still compiles.
+                lambda *args: evaluate_ready.result()(*args),
+            )
+            for end in schedule.chunk_ends(config, int(state.step))[:1]:
+                # Start-up ends once training can start.
+                length = end - int(state.step)
+                programs.train(schedule.calls(length, schedule.loop_lengths(config))[0])
             run_info["startup_seconds"] = time.perf_counter() - start
 
             # The loop: chunks between period ends and checkpoint steps.
@@ -178,7 +208,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             train_start = time.perf_counter()
             state = loop.train_chunks(
                 config,
-                chunk,
+                program,
+                programs,
                 state,
                 dataset.without_test(),
                 member,

@@ -2,7 +2,6 @@ import json
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -114,7 +113,9 @@ def test_restored_model_predicts_what_the_live_one_did(tmp_path):
     host = data.load(config.data)
     dataset = data.to_device(host)
     program, state, member = train.init_run(config, host)
-    state, _ = jax.jit(program.train_steps)(state, jnp.int32(20), dataset, member)
+    state, _ = jax.jit(program.train_steps, static_argnums=1)(
+        state, 20, dataset, member
+    )
     live = program.logits(state.params, dataset.test_x)
     tmp_path.joinpath("config.json").write_text(json.dumps(config.to_dict()))
     with checkpoints.Checkpointer(tmp_path) as checkpointer:

@@ -62,8 +62,8 @@ def test_train_steps_match_numpy_tf1_reference(reduction):
         learning_rate=jnp.float32(0.03),
         clip_norm=jnp.float32(5.0),
     )
-    state, nonfinite = jax.jit(program.train_steps)(
-        program.init_state(params), jnp.int32(5), data, member
+    state, nonfinite = jax.jit(program.train_steps, static_argnums=1)(
+        program.init_state(params), 5, data, member
     )
     assert int(nonfinite) == -1
 

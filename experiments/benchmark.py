@@ -8,7 +8,7 @@ one machine at one moment; compare the ratios, which this run measures together.
 Measures, on the MLP of `configs/mlp.py` (batch 30):
 - single-model training, microseconds per step: the fused path (`steps.Program`, one
   compiled loop) and a plain loop calling a jitted step from Python each step; and the
-  fused program's first call (its compilation);
+  fused program's first call (compilation and one run);
 - sweeps: model-steps per second for 1, 16 (4 learning rates x 4 seeds), 64 (16 x 4)
   and, on a GPU or TPU or with `--sweep_1024`, 1024 (64 x 16) members, trained by the
   sweep's own programs and blocks (`mnist_jax.sizing`) with one JAX device per CPU
@@ -40,7 +40,17 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from mnist_jax import cli, config_schema, data, optim, sizing, sweep, train, writers
+from mnist_jax import (
+    cli,
+    config_schema,
+    data,
+    loop,
+    optim,
+    sizing,
+    sweep,
+    train,
+    writers,
+)
 from mnist_jax import mesh as mesh_lib
 
 # JAX on a GPU takes 75% of its memory at start-up; this process and the runs it
@@ -140,7 +150,7 @@ def sweep_seconds(
 ) -> tuple[float, float]:
     """Training time of a learning-rate x seed grid run as `mnist_jax.sweep` runs it:
     its programs, its blocks one after another, its members sharded over every device;
-    and the first call's time (compilation and one step). Evaluation is left out (the
+    and the first call's time (compilation and the measured steps). Evaluation is left out (the
     process timings below include it)."""
     learning_rates, seeds = grid(num_lrs, num_seeds)
     grid_config = config_schema.with_sweep(
@@ -166,17 +176,18 @@ def sweep_seconds(
         programs.init(*sweep.member_arrays(configs[b * size : (b + 1) * size]))
         for b in range(blocks)
     ]
+    orders = [loop.EpochOrders(programs.program, programs.order, m) for _, m in runs]
+    done = [0] * blocks
 
     def train(num):  # the state is donated, so each call continues from the last
         for b, (state, member) in enumerate(runs):
-            state, _, _ = programs.chunk(
-                state, jnp.int32(num), jnp.bool_(False), pool, member
-            )
-            runs[b] = state, member
+            chunk_orders = orders[b](done[b], num)
+            state, _, _ = programs.chunk(state, num, False, pool, member, chunk_orders)
+            runs[b], done[b] = (state, member), done[b] + num
         return [state for state, _ in runs]
 
-    start = time.perf_counter()
-    jax.block_until_ready(train(1))
+    start = time.perf_counter()  # the first call of this length compiles it
+    jax.block_until_ready(train(num_steps))
     first_call = time.perf_counter() - start
     return median_seconds(lambda: train(num_steps), repeats), first_call
 
@@ -237,13 +248,11 @@ def main(argv) -> None:
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     flops_per_step = 6 * config.train.batch_size * num_params
 
-    fused = jax.jit(program.train_steps)
+    fused = jax.jit(program.train_steps, static_argnums=1)
     start = time.perf_counter()
-    jax.block_until_ready(fused(state, jnp.int32(1), dataset, member))
+    jax.block_until_ready(fused(state, num_steps, dataset, member))  # compiles
     fused_compile_s = time.perf_counter() - start
-    fused_s = median_seconds(
-        lambda: fused(state, jnp.int32(num_steps), dataset, member), repeats
-    )
+    fused_s = median_seconds(lambda: fused(state, num_steps, dataset, member), repeats)
     plain_s = plain_loop_seconds(
         config, program, state, dataset, member, num_steps, repeats
     )

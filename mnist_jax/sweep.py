@@ -12,35 +12,43 @@ reduction) split the grid into groups that run one after another.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import itertools
 import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 from ml_collections import ConfigDict
 
 from mnist_jax import (
+    checkpoints,
     config_schema,
     data,
+    interrupts,
     metrics,
     schedule,
     startup,
     steps,
+    sweep_members,
     sweep_report,
     train,
     writers,
 )
 from mnist_jax import mesh as mesh_lib
 from mnist_jax import workdir as workdir_lib
-from mnist_jax.errors import ConfigError
+from mnist_jax.errors import ConfigError, Interrupted, UserError
 
 log = logging.getLogger(__name__)
 
@@ -159,27 +167,59 @@ def member_arrays(configs: list[ConfigDict]) -> tuple[jax.Array, ...]:
     )
 
 
+def save_steps(config: ConfigDict) -> list[int]:
+    """Where a member saves: the kept `checkpoint.steps` it reaches, the final step and,
+    if set, every `checkpoint.every_steps` (a sweep has no rolling save per period:
+    many members' saves would cost more than retraining a period after a crash)."""
+    num_steps = config.train.num_steps
+    every = config.checkpoint.every_steps
+    rolling = range(every, num_steps + 1, every) if every else ()
+    kept = (s for s in config.checkpoint.steps if s <= num_steps)
+    return sorted({*rolling, *kept, num_steps})
+
+
+@dataclasses.dataclass
+class SweepRun:
+    """What every group of a sweep shares."""
+
+    workdir: Path
+    host: data.HostData
+    dataset: data.Dataset
+    device_mesh: Mesh
+    source: tuple[str, str]  # `data.resolve`'s answer, for the members' config.json
+    run_info: dict  # each member folder's run_info.json
+    received: list[int]  # signals caught by `interrupts.deferred`
+    hparams: list[dict]  # each member's swept values, by member index
+    save: bool = True  # member checkpoints (off only to measure what they cost)
+
+
 def run_group(
     configs: list[ConfigDict],
-    host: data.HostData,
-    dataset: data.Dataset,
-    device_mesh: Mesh,
+    indices: list[int],
+    run: SweepRun,
     while_compiling: Callable[[], object] | None = None,
 ) -> list[dict]:
     """Trains same-shaped members together, the member axis sharded over the mesh's
     `members` axis, in blocks that run one after another (padded with copies of the
     last member, whose results are dropped); returns each member's results.
 
+    Each member saves into its folder (`sweep_members`) at `save_steps`; a block whose
+    members all finished is read back, one whose members have checkpoints resumes from
+    the latest step they share. The host saves and writes while the device trains on:
+    its work for a chunk runs once the next chunk is dispatched.
+
     `while_compiling` runs on this thread while the training program compiles on
     another, time that thread would otherwise spend waiting."""
-    config = configs[0]
+    config, device_mesh = configs[0], run.device_mesh
     num_real = len(configs)
     blocks, size = block_layout(num_real, device_mesh.shape[mesh_lib.MEMBERS])
-    configs = configs + [configs[-1]] * (blocks * size - num_real)
-    programs = group_programs(
-        config, len(host.pool_labels), host.num_train, device_mesh
-    )
-    pool = dataset.without_test()  # training programs never see the test set
+    padding = blocks * size - num_real
+    configs = configs + [configs[-1]] * padding
+    folders = [sweep_members.folder(run.workdir, i) for i in indices]
+    folders += [folders[-1]] * padding
+    num_pool, num_train = len(run.host.pool_labels), run.host.num_train
+    programs = group_programs(config, num_pool, num_train, device_mesh)
+    pool = run.dataset.without_test()  # training programs never see the test set
     state_spec, member_spec = jax.eval_shape(
         programs.init, *member_arrays(configs[:size])
     )
@@ -187,61 +227,271 @@ def run_group(
         (jnp.int32(0), jnp.bool_(True)), mesh_lib.replicated(device_mesh)
     )
     period_ends = schedule.period_ends(config.train.num_steps, config.train.num_periods)
-    pending = []  # per block: (each period's scores, test scores), still on device
-    with startup.Compiler() as compiler:
+    save_at = set(save_steps(config)) if run.save else {config.train.num_steps}
+    chief = mesh_lib.is_chief()
+    results: list[dict | None] = [None] * num_real
+    tasks: list[Callable[[], None]] = []  # host work, run after the next dispatch
+
+    def run_tasks():
+        while tasks:
+            tasks.pop(0)()
+
+    with startup.Compiler() as compiler, contextlib.ExitStack() as stack:
         # The training and test programs compile on a second thread while this one
         # initialises the first block.
         chunk_ready = compiler.submit(
             programs.chunk, state_spec, *flags, pool, member_spec
         )
-        test_ready = compiler.submit(programs.test, state_spec.params, dataset)
+        test_ready = compiler.submit(programs.test, state_spec.params, run.dataset)
         if while_compiling is not None:
             while_compiling()
-        # Every block's work is dispatched without waiting for results: the device
-        # runs chunk after chunk, block after block, and the host reads all at the end.
         for block in range(blocks):
-            state, member = programs.init(
-                *member_arrays(configs[block * size : (block + 1) * size])
+            if run.received:
+                run_tasks()
+                where = f"after block {block}/{blocks} of a group"
+                raise Interrupted(_interrupted(run, where), run.received[0])
+            members = range(block * size, (block + 1) * size)
+            real = [j for j in members if j < num_real]
+            done_rows = [sweep_members.finished(folders[j]) for j in real]
+            if all(done_rows):
+                for j, row in zip(real, done_rows, strict=True):
+                    results[j] = row
+                continue
+            block_run = _Block(
+                config,
+                [configs[j] for j in members],
+                [folders[j] for j in members],
+                real[-1] - block * size + 1,
+                run,
+                chief,
+                stack,
             )
-            periods, done = [], 0
-            for end in period_ends:
-                # A diverging member is not stopped: its numbers come out NaN.
-                state, scores, _ = chunk_ready.result()(
-                    state, jnp.int32(end - done), jnp.bool_(True), pool, member
+            state, member = programs.init(*member_arrays(block_run.configs))
+            state = block_run.resume(state, state_spec, num_pool, num_train)
+            done = block_run.start
+            for end in sorted(s for s in {*period_ends, *save_at} if s > done):
+                state, scores, nonfinite = chunk_ready.result()(
+                    state,
+                    jnp.int32(end - done),
+                    jnp.bool_(end in period_ends),
+                    pool,
+                    member,
                 )
-                periods.append(scores)
+                run_tasks()  # the device trains while the host works
+                block_run.record(end, scores if end in period_ends else None, nonfinite)
                 done = end
-            pending.append((periods, test_ready.result()(state.params, dataset)))
-    results = []
-    for periods, test in mesh_lib.to_host(pending):
-        for i in range(size):
-            history = [
-                {"step": end, **{k: float(v[i]) for k, v in scores.items()}}
-                for end, scores in zip(period_ends, periods, strict=True)
-            ]
-            results.append(
-                {
-                    **{k: history[-1][k] for k in metrics.keys("val")},
-                    **{k: float(v[i]) for k, v in test.items()},
-                    "history": history,
-                }
-            )
-    return results[:num_real]
+                if end in save_at or (run.received and end < config.train.num_steps):
+                    tasks.append(block_run.save_task(end, state))
+                if run.received and end < config.train.num_steps:
+                    run_tasks()
+                    where = f"at step {end}"
+                    raise Interrupted(_interrupted(run, where), run.received[0])
+            test = test_ready.result()(state.params, run.dataset)
+            tasks.append(block_run.finish_task(test, results, block * size))
+        run_tasks()
+    return results
 
 
-def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
-    """Trains every member of the grid into one workdir's tables and figures."""
+def _interrupted(run: SweepRun, where: str) -> str:
+    name = signal.Signals(run.received[0]).name
+    message = (
+        f"interrupted by {name} {where}: member checkpoints saved in "
+        f"{run.workdir / sweep_members.MEMBERS_DIR}; run the same command to resume"
+    )
+    # For the log file only: the command line prints it once, as its error.
+    log.warning("%s", message, extra={"console": False})
+    return message
+
+
+class _Block:
+    """One block of a group on the host side: its members' histories, checkpoints,
+    divergence and final files."""
+
+    def __init__(self, config, configs, folders, num_real, run, chief, stack):
+        self.config, self.configs, self.folders = config, configs, folders
+        self.num_real, self.run, self.chief = num_real, run, chief
+        self.histories = [[] for _ in configs]
+        self.periods: list = []  # (step, scores on device) not yet in `histories`
+        self.nonfinite = np.full(len(configs), -1)  # first non-finite step, 0-based
+        self.pending_nonfinite: list = []
+        self.start, self.seconds_before = 0, 0.0
+        self.clock = time.perf_counter()
+        self.checkpointers = [
+            stack.enter_context(checkpoints.Checkpointer(f, config.checkpoint.steps))
+            for f in folders[:num_real]
+        ]
+
+    def resume(self, state, state_spec, num_pool: int, num_train: int):
+        """The members' latest common checkpoint, or `state` (and their first files)."""
+        real = self.folders[: self.num_real]
+        step = sweep_members.resume_step(real)
+        if step is None:
+            if self.chief:
+                for c, f in zip(self.configs, real, strict=False):
+                    recorded = checkpoints.recorded_config(c, self.run.source)
+                    sweep_members.write_start(f, recorded, self.run.run_info)
+            return state
+        program = train.make_program(self.config)
+        init = train.make_init(self.config, num_pool, num_train, program)
+        device = jax.local_devices()[0]
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(
+                x.shape, x.dtype, sharding=SingleDeviceSharding(device)
+            ),
+            jax.eval_shape(init, *train.init_arguments(self.config))[0],
+        )
+        restored, metadatas = sweep_members.restore(self.folders, step, abstract)
+        self.start = step
+        self.histories = [m["history"] for m in metadatas]
+        self.nonfinite = np.asarray([m.get("nonfinite_step", -1) for m in metadatas])
+        self.seconds_before = metadatas[0]["train_seconds"]
+        log.info(
+            "Resuming %d members from their checkpoints at step %d.",
+            self.num_real,
+            step,
+        )
+        return jax.device_put(restored, jax.tree.map(lambda s: s.sharding, state_spec))
+
+    def record(self, end: int, scores, nonfinite) -> None:
+        if scores is not None:
+            self.periods.append((end, scores))
+        self.pending_nonfinite.append(nonfinite)
+
+    def _to_host(self) -> None:
+        """Moves the recorded periods into the histories (waits for their chunks)."""
+        period_scores, pending = mesh_lib.to_host(
+            ([s for _, s in self.periods], self.pending_nonfinite)
+        )
+        for nonfinite in pending:
+            first = (self.nonfinite < 0) & (nonfinite >= 0)
+            self.nonfinite = np.where(first, nonfinite, self.nonfinite)
+        ends = [end for end, _ in self.periods]
+        for end, scores in zip(ends, period_scores, strict=True):
+            for i, history in enumerate(self.histories):
+                history.append(
+                    {"step": end, **{k: float(v[i]) for k, v in scores.items()}}
+                )
+        self.periods, self.pending_nonfinite = [], []
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.clock
+
+    def save_task(self, step: int, state) -> Callable[[], None]:
+        # A copy on the device: the state itself is donated to the next chunk.
+        copy = jax.tree.map(jnp.copy, state)
+
+        def save():
+            self._to_host()
+            host_state = mesh_lib.to_host(copy)
+            for i, checkpointer in enumerate(self.checkpointers):
+                meta = sweep_members.metadata(
+                    self.configs[i], step, self.histories[i], self.seconds()
+                )
+                meta["nonfinite_step"] = int(self.nonfinite[i])
+                checkpointer.save(step, sweep_members.member_state(host_state, i), meta)
+
+        return save
+
+    def finish_task(self, test, results: list, offset: int) -> Callable[[], None]:
+        def finish():
+            self._to_host()
+            test_scores = mesh_lib.to_host(test)
+            seconds = self.seconds()
+            for checkpointer in self.checkpointers:  # results.json comes last
+                checkpointer.wait_until_finished()
+            for i in range(self.num_real):
+                config, history = self.configs[i], self.histories[i]
+                final = {k: history[-1][k] for k in metrics.keys("val")}
+                final |= {k: float(v[i]) for k, v in test_scores.items()}
+                member_results = train.make_results(config, final, seconds)
+                if self.nonfinite[i] >= 0:
+                    step = int(self.nonfinite[i]) + 1
+                    member_results["diverged_at_step"] = step
+                    warning = (
+                        f"member {self.folders[i].name} diverged: loss or gradients "
+                        f"became NaN/inf at step {step} (optim.learning_rate="
+                        f"{config.optim.learning_rate}, optim.clip_norm="
+                        f"{config.optim.clip_norm})"
+                    )
+                    member_results["warnings"].append(warning)
+                    log.warning("%s", warning)
+                if self.chief:
+                    sweep_members.write_finish(
+                        self.folders[i],
+                        self.run.hparams[int(self.folders[i].name)],
+                        member_results,
+                        history,
+                    )
+                results[offset + i] = {**member_results, "history": history}
+
+        return finish
+
+
+def run_sweep(
+    config: ConfigDict, workdir: str | os.PathLike, *, save: bool = True
+) -> list[dict]:
+    """Trains every member of the grid into `workdir`: a folder per member
+    (`sweep_members`), then the sweep's tables and figures. A workdir holding this
+    sweep is resumed: finished groups are read back, others continue from their
+    members' checkpoints. `save=False` skips the checkpoints (to measure their cost)."""
     start = time.perf_counter()
     members = expand(config)
     base = members[0][1]
-    host = data.load(base.data)
-    workdir = workdir_lib.prepare(workdir)
-    writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+    source = data.resolve(base.data)
+    host = data.load(base.data, source)
     device_mesh = mesh_lib.make_sweep_mesh(base.mesh.shape)
     for _, member_config in members:
         mesh_lib.check_batch(device_mesh, member_config.train.batch_size)
-    dataset = data.to_device(host, mesh_lib.replicated(device_mesh))
+    workdir = workdir_lib.prepare(workdir)
+    chief = mesh_lib.is_chief()  # process 0 writes; all take part in checkpoints
+    with contextlib.ExitStack() as stack:
+        if chief:
+            stack.enter_context(workdir_lib.lock(workdir))
+        check_workdir(workdir, config)
+        checkpoints.check_data(
+            workdir,
+            host,
+            "point --config.data.path at the sweep's data, or use a new --workdir",
+        )
+        dataset = data.to_device(host, mesh_lib.replicated(device_mesh))
+        run_info = {
+            "data": host.fingerprint(),
+            **workdir_lib.environment(),
+            "mesh": mesh_lib.describe(device_mesh),
+        }
+        if chief:
+            stack.enter_context(workdir_lib.log_file(workdir))
+            writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+            writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+        received = stack.enter_context(interrupts.deferred())
+        run = SweepRun(
+            workdir,
+            host,
+            dataset,
+            device_mesh,
+            source,
+            run_info,
+            received,
+            [h for h, _ in members],
+            save,
+        )
+        rows = train_groups(members, run)
 
+        report = sweep_report.write(workdir, config, list(axes(config)), members, rows)
+        run_info |= {
+            "num_members": len(members),
+            "num_groups": len({group_key(c) for _, c in members}),
+            "wall_seconds": time.perf_counter() - start,
+        }
+        if chief:
+            writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+        log_report(report)
+    return rows
+
+
+def train_groups(members: list[tuple[dict, ConfigDict]], run: SweepRun) -> list[dict]:
+    """Each group in turn; one sweep.csv row per member (its hyper-parameters, every
+    result key, the step it diverged at if it did, and its history)."""
     groups: dict[str, list[int]] = {}
     for i, (_, member_config) in enumerate(members):
         groups.setdefault(group_key(member_config), []).append(i)
@@ -250,14 +500,20 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
         group_start = time.perf_counter()
         results = run_group(
             [members[i][1] for i in indices],
-            host,
-            dataset,
-            device_mesh,
+            indices,
+            run,
             # pandas and matplotlib (~1 s) import while the first group compiles.
             while_compiling=sweep_report.import_libraries if n == 0 else None,
         )
         for i, result in zip(indices, results, strict=True):
-            rows[i] = {"member": i, **members[i][0], **result}
+            rows[i] = {
+                "member": i,
+                **members[i][0],
+                **{k: result[k] for k in RESULT_KEYS},
+                "history": result["history"],
+            }
+            if "diverged_at_step" in result:
+                rows[i]["diverged_at_step"] = result["diverged_at_step"]
         log.info(
             "Group %d/%d: %d members in %.1fs.",
             n + 1,
@@ -265,18 +521,58 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
             len(indices),
             time.perf_counter() - group_start,
         )
-
-    sweep_report.write(workdir, config, list(axes(config)), members, rows)
-    run_info = {
-        "data": host.fingerprint(),
-        **workdir_lib.environment(),
-        "mesh": mesh_lib.describe(device_mesh),
-        "num_members": len(members),
-        "num_groups": len(groups),
-        "wall_seconds": time.perf_counter() - start,
-    }
-    writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+        if run.received and n + 1 < len(groups):
+            raise Interrupted(
+                _interrupted(run, f"after group {n + 1}/{len(groups)}"),
+                run.received[0],
+            )
     return rows
+
+
+# A sweep may be resumed on another mesh (where it runs, not what it computes); data
+# is identified by content (`checkpoints.check_data`), not by where it was read.
+RESUMABLE_FIELDS = ("mesh.shape", *checkpoints.DATA_LOCATION_FIELDS)
+
+
+def identity(saved: dict) -> dict:
+    """The flat fields (axes as `sweep.NAME`) that make two sweep configs the same
+    sweep; the base is filled onto today's defaults, as a single run's is."""
+    base = checkpoints.with_defaults({k: v for k, v in saved.items() if k != "sweep"})
+    flat = checkpoints.flat_config(base.to_dict())
+    flat |= checkpoints.flat_config(saved.get("sweep") or {}, "sweep.")
+    return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS}
+
+
+def check_workdir(workdir: Path, config: ConfigDict) -> None:
+    """Refuses, in one line, a folder holding a single run or a sweep of another
+    config (naming the differing fields); a folder of this sweep is resumed."""
+    path = workdir / workdir_lib.CONFIG_FILE
+    single = (workdir / checkpoints.CHECKPOINT_DIR).is_dir()
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if single or (saved is not None and "sweep" not in saved):
+        raise UserError(
+            f"{workdir} holds a single run, not a sweep; use a new --workdir"
+        )
+    if saved is None:
+        return
+    old, new = identity(saved), identity(config.to_dict())
+    differing = [
+        f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
+    if differing:
+        raise UserError(
+            f"{workdir} holds a sweep of another config; differing fields: "
+            f"{', '.join(differing)}. Use a new --workdir, or the same config to resume"
+        )
+
+
+def log_report(report: sweep_report.Written) -> None:
+    """The console's last lines: the settings table, the best setting, the files."""
+    log.info("Settings (mean ± std over seeds):\n%s", report.settings_markdown)
+    log.info("Best setting: %s", report.best_line)
+    log.info("Wrote %s", ", ".join(str(p) for p in report.paths))
 
 
 def use_cpu_cores(num_devices: int | None = None) -> None:

@@ -3,13 +3,14 @@ the main axes (seeds as error bars), and the best setting as a ready-to-run conf
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from mnist_jax import config_schema, metrics, plots, startup, writers
+from mnist_jax import config_schema, mesh, metrics, plots, startup, writers
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,24 +102,61 @@ def best_config_source(config, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What `write` found and wrote: the console's closing lines."""
+
+    best_setting: dict
+    best_line: str
+    settings_markdown: str
+    paths: tuple[Path, ...]
+
+
+def settings_markdown(summary: pd.DataFrame, settings: list[str]) -> str:
+    """The per-setting table as markdown: every validation metric as mean ± std over
+    seeds, the test means, and the number of seeds."""
+    rows = []
+    for setting in summary.to_dict("records"):  # each column keeps its type
+        row = {n: setting[n] for n in settings}
+        for key in metrics.keys("val"):
+            mean, std = setting[column(key)], setting[column(key) + "_std"]
+            row[key] = f"{writers.format_number(mean)} ± {writers.format_number(std)}"
+        row |= {k: float(setting[column(k)]) for k in metrics.keys("test")}
+        row["seeds"] = int(setting["seeds"])
+        rows.append(row)
+    return writers.markdown_table(rows)
+
+
+def diverged_lines(rows: list[dict]) -> list[str]:
+    return [
+        f"member {row['member']} diverged at step {row['diverged_at_step']} "
+        f"({', '.join(f'{k}={v}' for k, v in row.items() if _is_axis(k))})"
+        for row in rows
+        if "diverged_at_step" in row
+    ]
+
+
+def _is_axis(key: str) -> bool:
+    return key not in ("member", "history", "diverged_at_step") and key not in set(
+        metrics.keys("val", "test")
+    )
+
+
 def write(
     workdir: Path, config, axes: list[str], members: list, rows: list[dict]
-) -> dict:
-    """Writes sweep.csv/.md/.png and best_config.py/.json; returns the best setting."""
+) -> Written:
+    """Writes sweep.csv/.md/.png and best_config.py/.json (process 0 only); returns
+    the best setting and the console's closing lines."""
     pd = startup.pandas()
-    table = pd.DataFrame(
-        [{k: v for k, v in row.items() if k != "history"} for row in rows]
-    )
-    table.to_csv(workdir / "sweep.csv", index=False)
-    (workdir / "sweep.md").write_text(writers.markdown_table(table.to_dict("records")))
-    writers.write_json(
-        workdir / "sweep_histories.json",
-        {str(row["member"]): row["history"] for row in rows},
-    )
+    chief = mesh.is_chief()
+    flat = [{k: v for k, v in row.items() if k != "history"} for row in rows]
+    if any("diverged_at_step" in row for row in flat):
+        flat = [
+            {**row, "diverged_at_step": row.get("diverged_at_step", "")} for row in flat
+        ]
+    table = pd.DataFrame(flat)
     summary = settings_table(table, axes)
     settings = [n for n in axes if n != SEED]
-    plots.save(plot_sweep(summary, settings), workdir / "sweep.png")
-
     order = metrics.ranking("val")
     ranked = summary.sort_values(
         [column(k) for k, _ in order], ascending=[a for _, a in order]
@@ -132,13 +170,39 @@ def write(
     best_config = ConfigDict(member_config.to_dict())
     best_config.seed = config.seed
     scores = ", ".join(
-        f"{k} {best[column(k)]:.4f}" for k in metrics.keys("val", "test")
+        f"{k} {writers.format_number(best[column(k)])}"
+        for k in metrics.keys("val", "test")
     )
+    best_line = (
+        f"{best_setting or 'the base config'}; means over {int(best['seeds'])} "
+        f"seed(s): {scores}"
+    )
+    names = ("sweep.csv", "sweep.md", "sweep_histories.json", "sweep.png")
+    names += ("best_config.py", "best_config.json")
+    paths = tuple(workdir / n for n in names)
+    written = Written(
+        best_setting, best_line, settings_markdown(summary, settings), paths
+    )
+    if not chief:
+        return written
+
+    writers.write_text(workdir / "sweep.csv", table.to_csv(index=False))
+    markdown = writers.markdown_table(table.to_dict("records"))
+    diverged = diverged_lines(rows)
+    if diverged:
+        markdown += "\n" + "".join(f"- {line}\n" for line in diverged)
+    writers.write_text(workdir / "sweep.md", markdown)
+    writers.write_json(
+        workdir / "sweep_histories.json",
+        {str(row["member"]): row["history"] for row in rows},
+    )
+    plots.save(plot_sweep(summary, settings), workdir / "sweep.png")
     note = (
-        f"Best setting of the sweep in {workdir}: {best_setting or 'the base config'}; "
-        f"means over {int(best['seeds'])} seed(s): {scores}.\n\n"
+        f"Best setting of the sweep in {workdir}: {best_line}.\n\n"
         f"    python -m mnist_jax.main --config={workdir / 'best_config.py'} --workdir=runs/best\n"
     )
-    (workdir / "best_config.py").write_text(best_config_source(best_config, note))
+    writers.write_text(
+        workdir / "best_config.py", best_config_source(best_config, note)
+    )
     writers.write_json(workdir / "best_config.json", best_config.to_dict())
-    return best_setting
+    return written

@@ -12,6 +12,7 @@ reduction) split the grid into groups that run one after another.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import functools
@@ -82,6 +83,33 @@ def axes(config: ConfigDict) -> dict[str, tuple]:
                 f"sweep.{name}={values!r} must be a non-empty tuple of values"
             )
     return {name: tuple(values) for name, values in swept.items()}
+
+
+def add_axes(config: ConfigDict, specs: list[str]) -> ConfigDict:
+    """A copy of `config` with each `NAME=VALUES` of `specs` (the `--axis` flag) as a
+    sweep axis: NAME any config field, VALUES a Python tuple, e.g.
+    `model.hidden_units=((50,), (100, 100))`; it replaces an axis of the same name.
+    A bad one is a one-line `ConfigError`."""
+    swept = dict(config_schema.leaves(config.get("sweep", ConfigDict())))
+    for spec in specs:
+        name, equals, text = spec.partition("=")
+        example = "e.g. --axis=optim.learning_rate='(0.01, 0.1)'"
+        if not equals or not name:
+            raise ConfigError(f"--axis={spec}: expected NAME=VALUES, {example}")
+        problem = config_schema.unknown_field_message(name)
+        if problem:
+            raise ConfigError(f"--axis={spec}: {problem}")
+        try:
+            values = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values = None
+        if not isinstance(values, tuple | list) or not values:
+            raise ConfigError(
+                f"--axis={spec}: VALUES must be a non-empty tuple, {example}"
+            )
+        swept[name] = tuple(values)
+    plain = {k: v for k, v in config.to_dict().items() if k != "sweep"}
+    return config_schema.with_sweep(ConfigDict(plain), swept)
 
 
 def expand(config: ConfigDict) -> list[tuple[dict, ConfigDict]]:
@@ -256,6 +284,8 @@ def run_group(
             if all(done_rows):
                 for j, row in zip(real, done_rows, strict=True):
                     results[j] = row
+                names = ", ".join(folders[j].name for j in real)
+                log.info("Members %s finished earlier: read back.", names)
                 continue
             block_run = _Block(
                 config,
@@ -592,7 +622,8 @@ def main(argv) -> None:
     from absl import flags
 
     use_cpu_cores(flags.FLAGS.cpu_devices)
-    run_sweep(flags.FLAGS.config, flags.FLAGS.workdir)
+    config = add_axes(flags.FLAGS.config, flags.FLAGS.axis or [])
+    run_sweep(config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
@@ -608,6 +639,13 @@ if __name__ == "__main__":
         lock_config=True,
     )
     flags.DEFINE_string("workdir", None, "Where the sweep writes its files.")
+    flags.DEFINE_multi_string(
+        "axis",
+        [],
+        "NAME=VALUES: sweep any config field over a tuple of values, e.g. "
+        "--axis=model.hidden_units='((50,), (100, 100))'; repeat for more axes. "
+        "Replaces the config's axis of that name.",
+    )
     flags.DEFINE_integer(
         "cpu_devices",
         None,

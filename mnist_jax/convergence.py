@@ -10,7 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_jax import analysis, metrics, plots, reports, startup, sweep_members, writers
+from mnist_jax import (
+    analysis,
+    metrics,
+    plots,
+    reports,
+    startup,
+    sweep_members,
+    sweep_report,
+    writers,
+)
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import UserError
 
@@ -105,7 +114,11 @@ def plot_convergence(summary, settings: list[str]):
                 f"{name}={value}"
                 for name, value in zip(["step", *others], key, strict=True)
             )
-            x = part[x_name].to_numpy() if x_name else np.zeros(len(part))
+            x = (
+                sweep_report.x_positions(part[x_name], summary[x_name])
+                if x_name
+                else np.zeros(len(part))
+            )
             ax.errorbar(
                 x,
                 part[f"{measure} mean"],
@@ -115,11 +128,7 @@ def plot_convergence(summary, settings: list[str]):
                 label=label,
             )
         if x_name:
-            values = summary[x_name].to_numpy()
-            numeric = np.issubdtype(values.dtype, np.number)
-            if numeric and values.min() > 0 and values.max() / values.min() >= 10:
-                ax.set_xscale("log")
-            ax.set_xlabel(x_name)
+            sweep_report.label_x_axis(ax, x_name, summary[x_name])
         ax.set_title(measure)
         ax.grid(alpha=0.3)
         if n == 0:

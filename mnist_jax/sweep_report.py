@@ -64,7 +64,11 @@ def plot_sweep(summary: pd.DataFrame, settings: list[str]) -> Figure:
     )
     for value, part in lines:
         label = f"{settings[1]}={value}" if value is not None else "mean over seeds"
-        x = part[x_name].to_numpy() if x_name else np.zeros(len(part))
+        x = (
+            x_positions(part[x_name], summary[x_name])
+            if x_name
+            else np.zeros(len(part))
+        )
         ax.errorbar(
             x,
             part[primary],
@@ -74,16 +78,34 @@ def plot_sweep(summary: pd.DataFrame, settings: list[str]) -> Figure:
             label=label,
         )
     if x_name:
-        values = summary[x_name].to_numpy()
-        numeric = np.issubdtype(values.dtype, np.number)
-        if numeric and values.min() > 0 and values.max() / values.min() >= 10:
-            ax.set_xscale("log")
-        ax.set_xlabel(x_name)
+        label_x_axis(ax, x_name, summary[x_name])
     label = f"validation {metrics.PRIMARY.replace('_', ' ')}"
     ax.set(ylabel=label, title=f"Sweep: {label} (error bars: seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def x_positions(values: pd.Series, every: pd.Series) -> np.ndarray:
+    """Where `values` of a swept field go on a figure's x axis: the values themselves
+    when numeric, else their place among `every` value (a tuple of layer widths)."""
+    if np.issubdtype(every.dtype, np.number):
+        return values.to_numpy()
+    categories = list(dict.fromkeys(map(str, every)))
+    return np.asarray([categories.index(str(v)) for v in values])
+
+
+def label_x_axis(ax, name: str, every: pd.Series) -> None:
+    """The x axis of a swept field: log-scaled when its values span a factor of 10 or
+    more (learning rates), the values as tick labels when not numeric."""
+    if np.issubdtype(every.dtype, np.number):
+        values = every.to_numpy()
+        if values.min() > 0 and values.max() / values.min() >= 10:
+            ax.set_xscale("log")
+    else:
+        categories = list(dict.fromkeys(map(str, every)))
+        ax.set_xticks(range(len(categories)), categories)
+    ax.set_xlabel(name)
 
 
 def best_config_source(config, note: str) -> str:

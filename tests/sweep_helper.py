@@ -6,7 +6,8 @@ moment, the way a preempted or killed job is. Used by test_sweep_resume.py.
 MODE: none | kill_after_group (SIGKILL once the first group's members are written) |
 kill_mid_group (SIGKILL after a second-group member's step-10 save) | kill_in_report
 (SIGKILL while the report is being drawn, sweep.csv written) | sigint_mid_group
-(SIGINT at that save: the sweep should finish its chunk, save and exit 130).
+(SIGINT at its step-5 save: the sweep should finish its chunk, save at step 10 and exit
+130).
 """
 
 import os
@@ -20,8 +21,8 @@ from configs import sweep_mlp  # noqa: E402
 from mnist_jax import checkpoints, sweep, sweep_members, sweep_report  # noqa: E402
 from mnist_jax.errors import Interrupted  # noqa: E402
 
-# Members 0, 1, 4, 5 (batch 10) are the first group; 2, 3, 6, 7 (batch 30) the second.
-LAST_OF_FIRST_GROUP, SECOND_GROUP_MEMBER = "5", "7"
+# Members 0, 2, 4, 6 (batch 10) are the first group; 1, 3, 5, 7 (batch 30) the second.
+LAST_OF_FIRST_GROUP, SECOND_GROUP_MEMBER = "6", "7"
 
 
 def config():
@@ -50,11 +51,13 @@ def main():
 
         def save_then_stop(self, step, *args):
             save(self, step, *args)
-            if step == 10 and self.directory.parent.name == SECOND_GROUP_MEMBER:
-                if mode == "kill_mid_group":
-                    self.wait_until_finished()
-                    die()
-                die(signal.SIGINT)
+            if self.directory.parent.name != SECOND_GROUP_MEMBER:
+                return
+            if mode == "kill_mid_group" and step == 10:
+                self.wait_until_finished()
+                die()
+            if mode == "sigint_mid_group" and step == 5:
+                die(signal.SIGINT)  # noticed once the chunk running now (to 10) ends
 
         checkpoints.Checkpointer.save = save_then_stop
     if mode == "kill_in_report":

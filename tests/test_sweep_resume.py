@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_jax import sweep_members
+from mnist_jax import checkpoints, sweep_members
 
 HELPER = Path(__file__).with_name("sweep_helper.py")
 NUM_MEMBERS = 8
@@ -54,9 +54,9 @@ def outputs(workdir: Path) -> dict:
 @pytest.mark.parametrize(
     "mode, expected_log",
     [
-        ("kill_after_group", "Members 0, 1, 4, 5 finished earlier: read back."),
+        ("kill_after_group", "Members 0, 2, 4, 6 finished earlier: read back."),
         ("kill_mid_group", "Resuming 4 members from their checkpoints at step"),
-        ("kill_in_report", "Members 2, 3, 6, 7 finished earlier: read back."),
+        ("kill_in_report", "Members 1, 3, 5, 7 finished earlier: read back."),
     ],
 )
 def test_killed_sweep_resumes_bitwise(reference, tmp_path, mode, expected_log):
@@ -73,11 +73,12 @@ def test_sigint_saves_says_one_line_and_resumes_bitwise(reference, tmp_path):
     stopped = run_helper(tmp_path, "sigint_mid_group")
     assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
     errors = [line for line in stopped.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "interrupted by SIGINT at step" in errors[0]
+    assert len(errors) == 1 and "interrupted by SIGINT at step 10" in errors[0]
     assert "Traceback" not in stopped.stderr
     # The second group's members saved where they stopped; the first is finished.
     assert (sweep_members.folder(tmp_path, 0) / "results.json").is_file()
     assert not (sweep_members.folder(tmp_path, 7) / "results.json").exists()
+    assert checkpoints.available_steps(sweep_members.folder(tmp_path, 7)) == [5, 10]
     resumed = run_helper(tmp_path, "none")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert outputs(tmp_path) == outputs(reference)

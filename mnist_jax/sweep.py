@@ -7,7 +7,12 @@ A sweep config is an ordinary config plus a `sweep` group naming axes as tuples,
 the grid is their product. Members that differ only in seed, learning rate and clip norm
 share array shapes and run as one compiled program, `jax.vmap` over the same pure
 functions a single run uses; other axes (batch size, width, dropout, steps, loss
-reduction) split the grid into groups that run one after another.
+reduction) split the grid into groups that run one after another. `--axis=NAME=VALUES`
+sweeps any field from the command line.
+
+Each member writes a single run's files into `W/members/<index>/` (`sweep_members`),
+checkpoints included, so a sweep is locked, stopped by SIGINT/SIGTERM after a chunk,
+and continued by the same command after any stop, bitwise.
 """
 
 from __future__ import annotations
@@ -24,13 +29,13 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from mnist_jax import (
@@ -233,8 +238,8 @@ def run_group(
 
     Each member saves into its folder (`sweep_members`) at `save_steps`; a block whose
     members all finished is read back, one whose members have checkpoints resumes from
-    the latest step they share. The host saves and writes while the device trains on:
-    its work for a chunk runs once the next chunk is dispatched.
+    the latest step they share. Saves and files are written on a worker thread while
+    the device trains on.
 
     `while_compiling` runs on this thread while the training program compiles on
     another, time that thread would otherwise spend waiting."""
@@ -245,6 +250,11 @@ def run_group(
     configs = configs + [configs[-1]] * padding
     folders = [sweep_members.folder(run.workdir, i) for i in indices]
     folders += [folders[-1]] * padding
+    finished = [sweep_members.finished(f) for f in folders[:num_real]]
+    if all(finished):  # nothing to compile
+        names = ", ".join(f.name for f in folders[:num_real])
+        log.info("Members %s finished earlier: read back.", names)
+        return finished
     num_pool, num_train = len(run.host.pool_labels), run.host.num_train
     programs = group_programs(config, num_pool, num_train, device_mesh)
     pool = run.dataset.without_test()  # training programs never see the test set
@@ -255,16 +265,23 @@ def run_group(
         (jnp.int32(0), jnp.bool_(True)), mesh_lib.replicated(device_mesh)
     )
     period_ends = schedule.period_ends(config.train.num_steps, config.train.num_periods)
-    save_at = set(save_steps(config)) if run.save else {config.train.num_steps}
+    save_at = set(save_steps(config)) if run.save else set()
     chief = mesh_lib.is_chief()
     results: list[dict | None] = [None] * num_real
-    tasks: list[Callable[[], None]] = []  # host work, run after the next dispatch
+    tasks: list[Future] = []  # the writer's work: saves and member files
 
-    def run_tasks():
+    def run_tasks():  # waits for the writer (and raises what it raised)
         while tasks:
-            tasks.pop(0)()
+            tasks.pop(0).result()
 
-    with startup.Compiler() as compiler, contextlib.ExitStack() as stack:
+    # Saves and member files are written in order on one worker thread while this one
+    # keeps the device fed: a block's saves can take longer than its next chunk. The
+    # worker stops (finishing its work) before the checkpoints close.
+    with (
+        startup.Compiler() as compiler,
+        contextlib.ExitStack() as stack,
+        ThreadPoolExecutor(max_workers=1) as writer,
+    ):
         # The training and test programs compile on a second thread while this one
         # initialises the first block.
         chunk_ready = compiler.submit(
@@ -287,7 +304,7 @@ def run_group(
                 names = ", ".join(folders[j].name for j in real)
                 log.info("Members %s finished earlier: read back.", names)
                 continue
-            block_run = _Block(
+            block_run = sweep_members.MemberBlock(
                 config,
                 [configs[j] for j in members],
                 [folders[j] for j in members],
@@ -307,17 +324,17 @@ def run_group(
                     pool,
                     member,
                 )
-                run_tasks()  # the device trains while the host works
                 block_run.record(end, scores if end in period_ends else None, nonfinite)
                 done = end
                 if end in save_at or (run.received and end < config.train.num_steps):
-                    tasks.append(block_run.save_task(end, state))
+                    tasks.append(writer.submit(block_run.save_task(end, state)))
                 if run.received and end < config.train.num_steps:
                     run_tasks()
                     where = f"at step {end}"
                     raise Interrupted(_interrupted(run, where), run.received[0])
             test = test_ready.result()(state.params, run.dataset)
-            tasks.append(block_run.finish_task(test, results, block * size))
+            finish = block_run.finish_task(test, results, block * size)
+            tasks.append(writer.submit(finish))
         run_tasks()
     return results
 
@@ -331,130 +348,6 @@ def _interrupted(run: SweepRun, where: str) -> str:
     # For the log file only: the command line prints it once, as its error.
     log.warning("%s", message, extra={"console": False})
     return message
-
-
-class _Block:
-    """One block of a group on the host side: its members' histories, checkpoints,
-    divergence and final files."""
-
-    def __init__(self, config, configs, folders, num_real, run, chief, stack):
-        self.config, self.configs, self.folders = config, configs, folders
-        self.num_real, self.run, self.chief = num_real, run, chief
-        self.histories = [[] for _ in configs]
-        self.periods: list = []  # (step, scores on device) not yet in `histories`
-        self.nonfinite = np.full(len(configs), -1)  # first non-finite step, 0-based
-        self.pending_nonfinite: list = []
-        self.start, self.seconds_before = 0, 0.0
-        self.clock = time.perf_counter()
-        self.checkpointers = [
-            stack.enter_context(checkpoints.Checkpointer(f, config.checkpoint.steps))
-            for f in folders[:num_real]
-        ]
-
-    def resume(self, state, state_spec, num_pool: int, num_train: int):
-        """The members' latest common checkpoint, or `state` (and their first files)."""
-        real = self.folders[: self.num_real]
-        step = sweep_members.resume_step(real)
-        if step is None:
-            if self.chief:
-                for c, f in zip(self.configs, real, strict=False):
-                    recorded = checkpoints.recorded_config(c, self.run.source)
-                    sweep_members.write_start(f, recorded, self.run.run_info)
-            return state
-        program = train.make_program(self.config)
-        init = train.make_init(self.config, num_pool, num_train, program)
-        device = jax.local_devices()[0]
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(
-                x.shape, x.dtype, sharding=SingleDeviceSharding(device)
-            ),
-            jax.eval_shape(init, *train.init_arguments(self.config))[0],
-        )
-        restored, metadatas = sweep_members.restore(self.folders, step, abstract)
-        self.start = step
-        self.histories = [m["history"] for m in metadatas]
-        self.nonfinite = np.asarray([m.get("nonfinite_step", -1) for m in metadatas])
-        self.seconds_before = metadatas[0]["train_seconds"]
-        log.info(
-            "Resuming %d members from their checkpoints at step %d.",
-            self.num_real,
-            step,
-        )
-        return jax.device_put(restored, jax.tree.map(lambda s: s.sharding, state_spec))
-
-    def record(self, end: int, scores, nonfinite) -> None:
-        if scores is not None:
-            self.periods.append((end, scores))
-        self.pending_nonfinite.append(nonfinite)
-
-    def _to_host(self) -> None:
-        """Moves the recorded periods into the histories (waits for their chunks)."""
-        period_scores, pending = mesh_lib.to_host(
-            ([s for _, s in self.periods], self.pending_nonfinite)
-        )
-        for nonfinite in pending:
-            first = (self.nonfinite < 0) & (nonfinite >= 0)
-            self.nonfinite = np.where(first, nonfinite, self.nonfinite)
-        ends = [end for end, _ in self.periods]
-        for end, scores in zip(ends, period_scores, strict=True):
-            for i, history in enumerate(self.histories):
-                history.append(
-                    {"step": end, **{k: float(v[i]) for k, v in scores.items()}}
-                )
-        self.periods, self.pending_nonfinite = [], []
-
-    def seconds(self) -> float:
-        return self.seconds_before + time.perf_counter() - self.clock
-
-    def save_task(self, step: int, state) -> Callable[[], None]:
-        # A copy on the device: the state itself is donated to the next chunk.
-        copy = jax.tree.map(jnp.copy, state)
-
-        def save():
-            self._to_host()
-            host_state = mesh_lib.to_host(copy)
-            for i, checkpointer in enumerate(self.checkpointers):
-                meta = sweep_members.metadata(
-                    self.configs[i], step, self.histories[i], self.seconds()
-                )
-                meta["nonfinite_step"] = int(self.nonfinite[i])
-                checkpointer.save(step, sweep_members.member_state(host_state, i), meta)
-
-        return save
-
-    def finish_task(self, test, results: list, offset: int) -> Callable[[], None]:
-        def finish():
-            self._to_host()
-            test_scores = mesh_lib.to_host(test)
-            seconds = self.seconds()
-            for checkpointer in self.checkpointers:  # results.json comes last
-                checkpointer.wait_until_finished()
-            for i in range(self.num_real):
-                config, history = self.configs[i], self.histories[i]
-                final = {k: history[-1][k] for k in metrics.keys("val")}
-                final |= {k: float(v[i]) for k, v in test_scores.items()}
-                member_results = train.make_results(config, final, seconds)
-                if self.nonfinite[i] >= 0:
-                    step = int(self.nonfinite[i]) + 1
-                    member_results["diverged_at_step"] = step
-                    warning = (
-                        f"member {self.folders[i].name} diverged: loss or gradients "
-                        f"became NaN/inf at step {step} (optim.learning_rate="
-                        f"{config.optim.learning_rate}, optim.clip_norm="
-                        f"{config.optim.clip_norm})"
-                    )
-                    member_results["warnings"].append(warning)
-                    log.warning("%s", warning)
-                if self.chief:
-                    sweep_members.write_finish(
-                        self.folders[i],
-                        self.run.hparams[int(self.folders[i].name)],
-                        member_results,
-                        history,
-                    )
-                results[offset + i] = {**member_results, "history": history}
-
-        return finish
 
 
 def run_sweep(
@@ -507,7 +400,14 @@ def run_sweep(
         )
         rows = train_groups(members, run)
 
-        report = sweep_report.write(workdir, config, list(axes(config)), members, rows)
+        report = sweep_report.write(
+            workdir,
+            config,
+            list(axes(config)),
+            members,
+            rows,
+            dict(device_mesh.shape),
+        )
         run_info |= {
             "num_members": len(members),
             "num_groups": len({group_key(c) for _, c in members}),

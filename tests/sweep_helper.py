@@ -6,8 +6,8 @@ moment, the way a preempted or killed job is. Used by test_sweep_resume.py.
 MODE: none | kill_after_group (SIGKILL once the first group's members are written) |
 kill_mid_group (SIGKILL after a second-group member's step-10 save) | kill_in_report
 (SIGKILL while the report is being drawn, sweep.csv written) | sigint_mid_group
-(SIGINT at its step-5 save: the sweep should finish its chunk, save at step 10 and exit
-130).
+(SIGINT during its chunk to step 10: the sweep should finish the chunk, save at step 10
+and exit 130).
 """
 
 import os
@@ -46,18 +46,25 @@ def main():
                 die()
 
         sweep_members.write_finish = finish_then_die
-    if mode in ("kill_mid_group", "sigint_mid_group"):
+    if mode == "sigint_mid_group":
+        record = sweep_members.MemberBlock.record
+
+        def record_then_interrupt(self, end, *args):
+            record(self, end, *args)
+            if end == 10 and self.folders[-1].name == SECOND_GROUP_MEMBER:
+                die(signal.SIGINT)  # as Ctrl-C while the chunk to step 10 runs
+
+        sweep_members.MemberBlock.record = record_then_interrupt
+    if mode == "kill_mid_group":
         save = checkpoints.Checkpointer.save
 
         def save_then_stop(self, step, *args):
             save(self, step, *args)
             if self.directory.parent.name != SECOND_GROUP_MEMBER:
                 return
-            if mode == "kill_mid_group" and step == 10:
+            if step == 10:
                 self.wait_until_finished()
                 die()
-            if mode == "sigint_mid_group" and step == 5:
-                die(signal.SIGINT)  # noticed once the chunk running now (to 10) ends
 
         checkpoints.Checkpointer.save = save_then_stop
     if mode == "kill_in_report":

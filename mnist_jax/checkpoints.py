@@ -164,6 +164,10 @@ class Checkpointer:
         )
         return restored.metadata
 
+    def wait_until_finished(self) -> None:
+        """Returns once every save so far is complete on disk."""
+        self._manager.wait_until_finished()
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

@@ -7,19 +7,30 @@ A sweep config is an ordinary config plus a `sweep` group naming axes as tuples,
 the grid is their product. Members that differ only in seed, learning rate and clip norm
 share array shapes and run as one compiled program, `jax.vmap` over the same pure
 functions a single run uses; other axes (batch size, width, dropout, steps, loss
-reduction) split the grid into groups that run one after another.
+reduction) split the grid into groups that run one after another. `--axis=NAME=VALUES`
+sweeps any field from the command line.
+
+Each member writes a single run's files into `W/members/<index>/` (`sweep_members`),
+checkpoints included, so a sweep is locked, stopped by SIGINT/SIGTERM after a chunk,
+and continued by the same command after any stop, bitwise.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import dataclasses
 import functools
 import itertools
 import json
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -28,22 +39,25 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from mnist_jax import (
+    checkpoints,
     config_schema,
     data,
     devices,
+    interrupts,
     loop,
     metrics,
     schedule,
     sizing,
     startup,
     steps,
+    sweep_members,
     sweep_report,
     train,
     writers,
 )
 from mnist_jax import mesh as mesh_lib
 from mnist_jax import workdir as workdir_lib
-from mnist_jax.errors import ConfigError
+from mnist_jax.errors import ConfigError, Interrupted, UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +87,33 @@ def axes(config: ConfigDict) -> dict[str, tuple]:
                 f"sweep.{name}={values!r} must be a non-empty tuple of values"
             )
     return {name: tuple(values) for name, values in swept.items()}
+
+
+def add_axes(config: ConfigDict, specs: list[str]) -> ConfigDict:
+    """A copy of `config` with each `NAME=VALUES` of `specs` (the `--axis` flag) as a
+    sweep axis: NAME any config field, VALUES a Python tuple, e.g.
+    `model.hidden_units=((50,), (100, 100))`; it replaces an axis of the same name.
+    A bad one is a one-line `ConfigError`."""
+    swept = dict(config_schema.leaves(config.get("sweep", ConfigDict())))
+    for spec in specs:
+        name, equals, text = spec.partition("=")
+        example = "e.g. --axis=optim.learning_rate='(0.01, 0.1)'"
+        if not equals or not name:
+            raise ConfigError(f"--axis={spec}: expected NAME=VALUES, {example}")
+        problem = config_schema.unknown_field_message(name)
+        if problem:
+            raise ConfigError(f"--axis={spec}: {problem}")
+        try:
+            values = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values = None
+        if not isinstance(values, tuple | list) or not values:
+            raise ConfigError(
+                f"--axis={spec}: VALUES must be a non-empty tuple, {example}"
+            )
+        swept[name] = tuple(values)
+    plain = {k: v for k, v in config.to_dict().items() if k != "sweep"}
+    return config_schema.with_sweep(ConfigDict(plain), swept)
 
 
 def expand(config: ConfigDict) -> list[tuple[dict, ConfigDict]]:
@@ -167,106 +208,249 @@ def member_arrays(configs: list[ConfigDict]) -> tuple[jax.Array, ...]:
     )
 
 
+def save_steps(config: ConfigDict) -> list[int]:
+    """Where a member saves: the kept `checkpoint.steps` it reaches, the final step and,
+    if set, every `checkpoint.every_steps` (a sweep has no rolling save per period:
+    many members' saves would cost more than retraining a period after a crash)."""
+    num_steps = config.train.num_steps
+    every = config.checkpoint.every_steps
+    rolling = range(every, num_steps + 1, every) if every else ()
+    kept = (s for s in config.checkpoint.steps if s <= num_steps)
+    return sorted({*rolling, *kept, num_steps})
+
+
+@dataclasses.dataclass
+class SweepRun:
+    """What every group of a sweep shares."""
+
+    workdir: Path
+    host: data.HostData
+    dataset: data.Dataset
+    device_mesh: Mesh
+    source: tuple[str, str]  # `data.resolve`'s answer, for the members' config.json
+    run_info: dict  # each member folder's run_info.json
+    received: list[int]  # signals caught by `interrupts.deferred`
+    hparams: list[dict]  # each member's swept values, by member index
+    save: bool = True  # member checkpoints (off only to measure what they cost)
+
+
 def run_group(
     configs: list[ConfigDict],
-    host: data.HostData,
-    dataset: data.Dataset,
-    device_mesh: Mesh,
+    indices: list[int],
+    run: SweepRun,
     while_compiling: Callable[[], object] | None = None,
 ) -> list[dict]:
     """Trains same-shaped members together, the member axis sharded over the mesh's
     `members` axis, in blocks that run one after another (padded with copies of the
     last member, whose results are dropped); returns each member's results.
 
+    Each member saves into its folder (`sweep_members`) at `save_steps`; a block whose
+    members all finished is read back, one whose members have checkpoints resumes from
+    the latest step they share. Saves and files are written on a worker thread while
+    the device trains on.
+
     `while_compiling` runs on this thread while the training program compiles on
     another, time that thread would otherwise spend waiting."""
-    config = configs[0]
+    config, device_mesh = configs[0], run.device_mesh
     num_real = len(configs)
     blocks, size = block_layout(
         num_real,
         device_mesh.shape[mesh_lib.MEMBERS],
         sizing.members_per_device(config, device_mesh),
     )
-    configs = configs + [configs[-1]] * (blocks * size - num_real)
-    programs = group_programs(
-        config, len(host.pool_labels), host.num_train, device_mesh
-    )
-    pool = dataset.without_test()  # training programs never see the test set
+    padding = blocks * size - num_real
+    configs = configs + [configs[-1]] * padding
+    folders = [sweep_members.folder(run.workdir, i) for i in indices]
+    folders += [folders[-1]] * padding
+    finished = [sweep_members.finished(f) for f in folders[:num_real]]
+    if all(finished):  # nothing to compile
+        names = ", ".join(f.name for f in folders[:num_real])
+        log.info("Members %s finished earlier: read back.", names)
+        return finished
+    num_pool, num_train = len(run.host.pool_labels), run.host.num_train
+    programs = group_programs(config, num_pool, num_train, device_mesh)
+    pool = run.dataset.without_test()  # training programs never see the test set
     state_spec, member_spec = jax.eval_shape(
         programs.init, *member_arrays(configs[:size])
     )
     period_ends = schedule.period_ends(config.train.num_steps, config.train.num_periods)
-    lengths = dict.fromkeys(
-        b - a for a, b in zip([0, *period_ends[:-1]], period_ends, strict=True)
-    )
-    pending = []  # per block: (each period's scores, test scores), still on device
-    with startup.Compiler() as compiler:
-        # The training and test programs compile on a second thread while this one
-        # initialises the first block.
+    save_at = set(save_steps(config)) if run.save else set()
+    chief = mesh_lib.is_chief()
+    results: list[dict | None] = [None] * num_real
+    tasks: list[Future] = []  # the writer's work: saves and member files
+
+    def run_tasks():  # waits for the writer (and raises what it raised)
+        while tasks:
+            tasks.pop(0).result()
+
+    # Saves and member files are written in order on one worker thread while this one
+    # keeps the device fed: a block's saves can take longer than its next chunk. The
+    # worker stops (finishing its work) before the checkpoints close.
+    with (
+        startup.Compiler() as compiler,
+        contextlib.ExitStack() as stack,
+        ThreadPoolExecutor(max_workers=1) as writer,
+    ):
+        # The training, order and test programs compile on a second thread while this
+        # one initialises the first block: one training program per chunk length and
+        # evaluate flag the schedule needs (a resume at another step compiles its own).
         epoch = jax.ShapeDtypeStruct((), jnp.int32)
         order_ready = compiler.submit(programs.order, member_spec, epoch)
         order_spec = jax.eval_shape(programs.order, member_spec, epoch)
-        chunk_ready = {
-            n: compiler.submit(
-                programs.chunk,
-                state_spec,
-                n,
-                True,
-                pool,
-                member_spec,
-                (order_spec,) * programs.program.chunk_epochs(n, member_spec),
-            )
-            for n in lengths
-        }
-        test_ready = compiler.submit(programs.test, state_spec.params, dataset)
+        chunk_ready: dict[tuple[int, bool], Future] = {}
+
+        def chunk_program(num_steps: int, evaluate: bool):
+            if (num_steps, evaluate) not in chunk_ready:
+                orders = (order_spec,) * programs.program.chunk_epochs(
+                    num_steps, member_spec
+                )
+                chunk_ready[num_steps, evaluate] = compiler.submit(
+                    programs.chunk,
+                    state_spec,
+                    num_steps,
+                    evaluate,
+                    pool,
+                    member_spec,
+                    orders,
+                )
+            return chunk_ready[num_steps, evaluate]
+
+        ends = sorted({*period_ends, *save_at})
+        for start, end in zip([0, *ends[:-1]], ends, strict=True):
+            chunk_program(end - start, end in period_ends)
+        test_ready = compiler.submit(programs.test, state_spec.params, run.dataset)
         if while_compiling is not None:
             while_compiling()
-        # Every block's work is dispatched without waiting for results: the device
-        # runs chunk after chunk, block after block, and the host reads all at the end.
         for block in range(blocks):
-            state, member = programs.init(
-                *member_arrays(configs[block * size : (block + 1) * size])
+            if run.received:
+                run_tasks()
+                where = f"after block {block}/{blocks} of a group"
+                raise Interrupted(_interrupted(run, where), run.received[0])
+            members = range(block * size, (block + 1) * size)
+            real = [j for j in members if j < num_real]
+            done_rows = [sweep_members.finished(folders[j]) for j in real]
+            if all(done_rows):
+                for j, row in zip(real, done_rows, strict=True):
+                    results[j] = row
+                names = ", ".join(folders[j].name for j in real)
+                log.info("Members %s finished earlier: read back.", names)
+                continue
+            block_run = sweep_members.MemberBlock(
+                config,
+                [configs[j] for j in members],
+                [folders[j] for j in members],
+                real[-1] - block * size + 1,
+                run,
+                chief,
+                stack,
             )
-            periods, done = [], 0
+            state, member = programs.init(*member_arrays(block_run.configs))
+            state = block_run.resume(state, state_spec, num_pool, num_train)
+            done = block_run.start
             orders = loop.EpochOrders(programs.program, order_ready.result(), member)
-            for end in period_ends:
-                # A diverging member is not stopped: its numbers come out NaN.
-                state, scores, _ = chunk_ready[end - done].result()(
+            for end in sorted(s for s in {*period_ends, *save_at} if s > done):
+                evaluate = end in period_ends
+                state, scores, nonfinite = chunk_program(end - done, evaluate).result()(
                     state, pool, member, orders(done, end - done)
                 )
-                periods.append(scores)
+                block_run.record(end, scores if end in period_ends else None, nonfinite)
                 done = end
-            pending.append((periods, test_ready.result()(state.params, dataset)))
-    results = []
-    for periods, test in mesh_lib.to_host(pending):
-        for i in range(size):
-            history = [
-                {"step": end, **{k: float(v[i]) for k, v in scores.items()}}
-                for end, scores in zip(period_ends, periods, strict=True)
-            ]
-            results.append(
-                {
-                    **{k: history[-1][k] for k in metrics.keys("val")},
-                    **{k: float(v[i]) for k, v in test.items()},
-                    "history": history,
-                }
-            )
-    return results[:num_real]
+                if end in save_at or (run.received and end < config.train.num_steps):
+                    tasks.append(writer.submit(block_run.save_task(end, state)))
+                if run.received and end < config.train.num_steps:
+                    run_tasks()
+                    where = f"at step {end}"
+                    raise Interrupted(_interrupted(run, where), run.received[0])
+            test = test_ready.result()(state.params, run.dataset)
+            finish = block_run.finish_task(test, results, block * size)
+            tasks.append(writer.submit(finish))
+        run_tasks()
+    return results
 
 
-def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
-    """Trains every member of the grid into one workdir's tables and figures."""
+def _interrupted(run: SweepRun, where: str) -> str:
+    name = signal.Signals(run.received[0]).name
+    message = (
+        f"interrupted by {name} {where}: member checkpoints saved in "
+        f"{run.workdir / sweep_members.MEMBERS_DIR}; run the same command to resume"
+    )
+    # For the log file only: the command line prints it once, as its error.
+    log.warning("%s", message, extra={"console": False})
+    return message
+
+
+def run_sweep(
+    config: ConfigDict, workdir: str | os.PathLike, *, save: bool = True
+) -> list[dict]:
+    """Trains every member of the grid into `workdir`: a folder per member
+    (`sweep_members`), then the sweep's tables and figures. A workdir holding this
+    sweep is resumed: finished groups are read back, others continue from their
+    members' checkpoints. `save=False` skips the checkpoints (to measure their cost)."""
     start = time.perf_counter()
     members = expand(config)
     base = members[0][1]
-    host = data.load(base.data)
-    workdir = workdir_lib.prepare(workdir)
-    writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+    source = data.resolve(base.data)
+    host = data.load(base.data, source)
     device_mesh = mesh_lib.make_sweep_mesh(base.mesh.shape)
     for _, member_config in members:
         mesh_lib.check_batch(device_mesh, member_config.train.batch_size)
-    dataset = data.to_device(host, mesh_lib.replicated(device_mesh))
+    workdir = workdir_lib.prepare(workdir)
+    chief = mesh_lib.is_chief()  # process 0 writes; all take part in checkpoints
+    with contextlib.ExitStack() as stack:
+        if chief:
+            stack.enter_context(workdir_lib.lock(workdir))
+        check_workdir(workdir, config)
+        checkpoints.check_data(
+            workdir,
+            host,
+            "point --config.data.path at the sweep's data, or use a new --workdir",
+        )
+        dataset = data.to_device(host, mesh_lib.replicated(device_mesh))
+        run_info = {
+            "data": host.fingerprint(),
+            **workdir_lib.environment(),
+            "mesh": mesh_lib.describe(device_mesh),
+        }
+        if chief:
+            stack.enter_context(workdir_lib.log_file(workdir))
+            writers.write_json(workdir / workdir_lib.CONFIG_FILE, config.to_dict())
+            writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+        received = stack.enter_context(interrupts.deferred())
+        run = SweepRun(
+            workdir,
+            host,
+            dataset,
+            device_mesh,
+            source,
+            run_info,
+            received,
+            [h for h, _ in members],
+            save,
+        )
+        rows = train_groups(members, run)
 
+        report = sweep_report.write(
+            workdir,
+            config,
+            list(axes(config)),
+            members,
+            rows,
+            dict(device_mesh.shape),
+        )
+        run_info |= {
+            "num_members": len(members),
+            "num_groups": len({group_key(c) for _, c in members}),
+            "wall_seconds": time.perf_counter() - start,
+        }
+        if chief:
+            writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+        log_report(report)
+    return rows
+
+
+def train_groups(members: list[tuple[dict, ConfigDict]], run: SweepRun) -> list[dict]:
+    """Each group in turn; one sweep.csv row per member (its hyper-parameters, every
+    result key, the step it diverged at if it did, and its history)."""
     groups: dict[str, list[int]] = {}
     for i, (_, member_config) in enumerate(members):
         groups.setdefault(group_key(member_config), []).append(i)
@@ -275,14 +459,20 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
         group_start = time.perf_counter()
         results = run_group(
             [members[i][1] for i in indices],
-            host,
-            dataset,
-            device_mesh,
+            indices,
+            run,
             # pandas and matplotlib (~1 s) import while the first group compiles.
             while_compiling=sweep_report.import_libraries if n == 0 else None,
         )
         for i, result in zip(indices, results, strict=True):
-            rows[i] = {"member": i, **members[i][0], **result}
+            rows[i] = {
+                "member": i,
+                **members[i][0],
+                **{k: result[k] for k in RESULT_KEYS},
+                "history": result["history"],
+            }
+            if "diverged_at_step" in result:
+                rows[i]["diverged_at_step"] = result["diverged_at_step"]
         log.info(
             "Group %d/%d: %d members in %.1fs.",
             n + 1,
@@ -290,18 +480,58 @@ def run_sweep(config: ConfigDict, workdir: str | os.PathLike) -> list[dict]:
             len(indices),
             time.perf_counter() - group_start,
         )
-
-    sweep_report.write(workdir, config, list(axes(config)), members, rows)
-    run_info = {
-        "data": host.fingerprint(),
-        **workdir_lib.environment(),
-        "mesh": mesh_lib.describe(device_mesh),
-        "num_members": len(members),
-        "num_groups": len(groups),
-        "wall_seconds": time.perf_counter() - start,
-    }
-    writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
+        if run.received and n + 1 < len(groups):
+            raise Interrupted(
+                _interrupted(run, f"after group {n + 1}/{len(groups)}"),
+                run.received[0],
+            )
     return rows
+
+
+# A sweep may be resumed on another mesh (where it runs, not what it computes); data
+# is identified by content (`checkpoints.check_data`), not by where it was read.
+RESUMABLE_FIELDS = ("mesh.shape", *checkpoints.DATA_LOCATION_FIELDS)
+
+
+def identity(saved: dict) -> dict:
+    """The flat fields (axes as `sweep.NAME`) that make two sweep configs the same
+    sweep; the base is filled onto today's defaults, as a single run's is."""
+    base = checkpoints.with_defaults({k: v for k, v in saved.items() if k != "sweep"})
+    flat = checkpoints.flat_config(base.to_dict())
+    flat |= checkpoints.flat_config(saved.get("sweep") or {}, "sweep.")
+    return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS}
+
+
+def check_workdir(workdir: Path, config: ConfigDict) -> None:
+    """Refuses, in one line, a folder holding a single run or a sweep of another
+    config (naming the differing fields); a folder of this sweep is resumed."""
+    path = workdir / workdir_lib.CONFIG_FILE
+    single = (workdir / checkpoints.CHECKPOINT_DIR).is_dir()
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if single or (saved is not None and "sweep" not in saved):
+        raise UserError(
+            f"{workdir} holds a single run, not a sweep; use a new --workdir"
+        )
+    if saved is None:
+        return
+    old, new = identity(saved), identity(config.to_dict())
+    differing = [
+        f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
+    if differing:
+        raise UserError(
+            f"{workdir} holds a sweep of another config; differing fields: "
+            f"{', '.join(differing)}. Use a new --workdir, or the same config to resume"
+        )
+
+
+def log_report(report: sweep_report.Written) -> None:
+    """The console's last lines: the settings table, the best setting, the files."""
+    log.info("Settings (mean ± std over seeds):\n%s", report.settings_markdown)
+    log.info("Best setting: %s", report.best_line)
+    log.info("Wrote %s", ", ".join(str(p) for p in report.paths))
 
 
 def use_cpu_cores(num_devices: int | None = None) -> None:
@@ -322,7 +552,8 @@ def main(argv) -> None:
 
     use_cpu_cores(flags.FLAGS.cpu_devices)
     devices.log_startup()
-    run_sweep(flags.FLAGS.config, flags.FLAGS.workdir)
+    config = add_axes(flags.FLAGS.config, flags.FLAGS.axis or [])
+    run_sweep(config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
@@ -338,6 +569,13 @@ if __name__ == "__main__":
         lock_config=True,
     )
     flags.DEFINE_string("workdir", None, "Where the sweep writes its files.")
+    flags.DEFINE_multi_string(
+        "axis",
+        [],
+        "NAME=VALUES: sweep any config field over a tuple of values, e.g. "
+        "--axis=model.hidden_units='((50,), (100, 100))'; repeat for more axes. "
+        "Replaces the config's axis of that name.",
+    )
     flags.DEFINE_integer(
         "cpu_devices",
         None,

@@ -24,9 +24,10 @@ def _plain(value: Any) -> Any:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes atomically: a reader sees the old file or the new one, never half."""
+    """Writes atomically: a reader sees the old file or the new one, never half. The
+    temporary name is the process's own, so processes writing one file never collide."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -107,13 +108,23 @@ class MetricWriter:
         self.close()
 
 
+def format_number(value: float, digits: int = 4) -> str:
+    """A float for a table: `digits` decimals in the usual range (0.9516, 12.3000),
+    `digits` significant figures outside it, so 3e-05 and 1e+30 read as themselves."""
+    if math.isnan(value):
+        return "n/a"
+    if value == 0 or 10 ** -(digits - 1) <= abs(value) < 10**digits:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}g}"
+
+
 def markdown_table(rows: list[dict], digits: int = 4) -> str:
     """A GitHub-flavoured markdown table of `rows` (dicts with the same keys)."""
     columns = list(rows[0])
 
     def cell(value):
         if isinstance(value, float):
-            return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+            return format_number(value, digits)
         return str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]

@@ -1,14 +1,29 @@
 import json
+import logging
 import math
+import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from ml_collections import ConfigDict
 
 from configs import sweep_linear, sweep_mlp
-from mnist_jax import config_schema, sizing, sweep, train
-from mnist_jax.errors import ConfigError
+from mnist_jax import (
+    analysis,
+    checkpoints,
+    config_schema,
+    reports,
+    sizing,
+    sweep,
+    sweep_members,
+    train,
+    writers,
+)
+from mnist_jax import workdir as workdir_lib
+from mnist_jax.errors import ConfigError, UserError
 from tests import processes
+from tests.processes import REPO
 
 
 def _small_sweep():
@@ -156,3 +171,141 @@ def test_cli_shards_members_over_one_cpu_device_per_core(smoke_sweep, tmp_path):
     for row, (_, cli_row) in zip(rows, table.iterrows(), strict=True):
         for key in sweep.RESULT_KEYS:
             assert cli_row[key] == pytest.approx(row[key], rel=1e-4, abs=1e-5), key
+
+
+def test_member_folders_are_single_runs(smoke_sweep, tmp_path):
+    """Every reader of a run reads a member's folder unchanged."""
+    workdir, rows = smoke_sweep
+    member = sweep_members.folder(workdir, 1)
+    assert checkpoints.available_steps(member) == [5, 10, 20]
+    config = checkpoints.read_config(member)
+    assert config.optim.learning_rate == rows[1]["optim.learning_rate"]
+    assert config.seed == rows[1]["seed"] and config.data.source == "embedded"
+    results = json.loads((member / "results.json").read_text())
+    assert {k: results[k] for k in sweep.RESULT_KEYS} == {
+        k: rows[1][k] for k in sweep.RESULT_KEYS
+    }
+    assert writers.read_metrics(member) == rows[1]["history"]
+    assert list(member.glob("events.out.tfevents.*"))
+
+    model = checkpoints.restore_model(member, 10)
+    run = analysis.load_run(member)
+    assert run.steps == [5, 10, 20]
+    final = run.scores(run.params_at(20), "val")
+    assert final["val/accuracy"] == pytest.approx(rows[1]["val/accuracy"], abs=1e-6)
+    assert model(run.split("val")[0]).shape == (250, 10)
+
+    evolution = reports.weight_evolution(member, out=tmp_path / "evolution")
+    assert [row["step"] for row in evolution.rows] == [5, 10, 20]
+    confusion = reports.confusion_report(member, out=tmp_path / "confusion")
+    assert (confusion.folder / "confusion_matrix_step20_val.csv").is_file()
+    other = sweep_members.folder(workdir, 2)
+    comparison = reports.compare_runs([member, other], out=tmp_path / "comparison")
+    assert [row["val/accuracy"] for row in comparison.rows] == [
+        rows[1]["val/accuracy"],
+        rows[2]["val/accuracy"],
+    ]
+
+
+def test_member_folder_resumes_as_a_single_run(smoke_sweep, tmp_path, caplog):
+    workdir, rows = smoke_sweep
+    copy = tmp_path / "member"
+    shutil.copytree(sweep_members.folder(workdir, 1), copy)
+    config = checkpoints.read_config(copy)
+    config.train.num_steps = 30
+    caplog.set_level(logging.INFO, logger="mnist_jax")
+    train.train_and_evaluate(config, copy)
+    assert "Resuming from the checkpoint at step 20." in caplog.text
+    assert [row["step"] for row in writers.read_metrics(copy)] == [10, 20, 30]
+
+
+def test_a_single_run_or_another_sweep_is_refused(smoke_sweep, tmp_path):
+    workdir, _ = smoke_sweep
+    other = _small_sweep()
+    other.sweep.optim.learning_rate = (0.01,)
+    with pytest.raises(UserError, match="holds a sweep of another config") as error:
+        sweep.run_sweep(other, workdir)
+    assert "sweep.optim.learning_rate ([0.03, 0.1] -> [0.01])" in str(error.value)
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "config.json").write_text(
+        json.dumps(config_schema.default_config().to_dict())
+    )
+    with pytest.raises(UserError, match="holds a single run, not a sweep"):
+        sweep.run_sweep(_small_sweep(), single)
+
+
+def test_a_locked_folder_is_refused(tmp_path):
+    with workdir_lib.lock(tmp_path), pytest.raises(UserError, match="is in use by"):
+        sweep.run_sweep(_small_sweep(), tmp_path)
+
+
+def test_numbers_read_correctly_in_tables():
+    table = writers.markdown_table(
+        [{"lr": 3e-05, "big": 1e30, "accuracy": 0.95163, "zero": 0.0, "n": 30}]
+    )
+    assert table.splitlines()[-1] == "| 3e-05 | 1e+30 | 0.9516 | 0.0000 | 30 |"
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("model.hidden_unit=((50,),)", "did you mean 'model.hidden_units'"),
+        ("optim.learning_rate", "expected NAME=VALUES"),
+        ("optim.learning_rate=0.1", "VALUES must be a non-empty tuple"),
+        ("optim.learning_rate=(", "VALUES must be a non-empty tuple"),
+        ("optim.learning_rate=()", "VALUES must be a non-empty tuple"),
+    ],
+)
+def test_bad_axis_flags_are_named(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep.add_axes(sweep_mlp.get_config("smoke"), [spec])
+
+
+def test_any_field_is_an_axis_from_the_command_line(tmp_path):
+    """`--axis` sweeps a field the config file does not; a diverging member is named
+    with its step; the console ends with the table, the best setting and the paths."""
+    workdir = tmp_path / "cli"
+    result = processes.run(
+        "mnist_jax.sweep",
+        "--config=configs/mlp.py:smoke",
+        f"--workdir={workdir}",
+        "--axis=model.hidden_units=((8,), (16, 16))",
+        "--axis=optim.learning_rate=(0.1, 1e30)",
+        "--cpu_devices=1",
+    )
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(workdir / "sweep.csv")
+    assert len(table) == 4 and set(table["model.hidden_units"]) == {"(8,)", "(16, 16)"}
+    diverged = table[table["optim.learning_rate"] == 1e30]
+    assert (diverged["diverged_at_step"] >= 1).all()
+    markdown = (workdir / "sweep.md").read_text()
+    assert "| 1e+30 |" in markdown and "diverged at step" in markdown
+    lines = result.stderr.splitlines()
+    assert any("Settings (mean ± std over seeds)" in line for line in lines)
+    assert any("Best setting: {'model.hidden_units'" in line for line in lines)
+    assert "sweep.csv" in lines[-1] and "best_config.py" in lines[-1]
+    results = json.loads(
+        (sweep_members.folder(workdir, 1) / "results.json").read_text()
+    )
+    assert any("diverged: loss" in w for w in results["warnings"])
+
+
+def test_convergence_across_settings(smoke_sweep, tmp_path):
+    workdir, rows = smoke_sweep
+    result = processes.run(
+        REPO / "experiments" / "sweep_convergence.py",
+        f"--workdir={workdir}",
+        f"--out={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "convergence.csv")
+    # Two learning rates x the kept steps 5, 10, 20; two seeds each.
+    assert len(table) == 6 and set(table["step"]) == {5, 10, 20}
+    assert (table["seeds"] == 2).all()
+    final = table[(table["step"] == 20) & (table["optim.learning_rate"] == 0.1)]
+    seeds = [r["val/accuracy"] for r in rows if r["optim.learning_rate"] == 0.1]
+    assert final["val/accuracy mean"].item() == pytest.approx(np.mean(seeds))
+    assert (table["l2_from_init mean"] > 0).all()
+    assert (tmp_path / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "convergence.md").read_text().startswith("| optim.")

@@ -1,0 +1,256 @@
+"""A sweep member's folder, `SWEEP/members/<index>/`, holds a single run's files
+(config.json, run_info.json, metrics.jsonl, TensorBoard events, results.json and Orbax
+checkpoints), so every reader of a run reads a member unchanged, and a member folder
+resumes as a single run. results.json is written last: it marks a member finished.
+`MemberBlock` keeps a block of members' folders while the block trains."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import SingleDeviceSharding
+
+from mnist_jax import checkpoints, metrics, steps, train, writers
+from mnist_jax import mesh as mesh_lib
+from mnist_jax import workdir as workdir_lib
+
+log = logging.getLogger(__name__)
+
+MEMBERS_DIR = "members"
+
+
+def folder(workdir: str | os.PathLike, index: int) -> Path:
+    """`SWEEP/members/<index>/`: member `index` of the grid (sweep.csv's `member`)."""
+    return Path(workdir) / MEMBERS_DIR / str(index)
+
+
+def write_start(member_dir: Path, recorded_config: dict, run_info: dict) -> None:
+    """config.json and run_info.json, before the member's first checkpoint."""
+    member_dir.mkdir(parents=True, exist_ok=True)
+    writers.write_json(member_dir / workdir_lib.CONFIG_FILE, recorded_config)
+    writers.write_json(member_dir / workdir_lib.RUN_INFO_FILE, run_info)
+
+
+def metadata(config, step: int, history: list[dict], train_seconds: float) -> dict:
+    """A checkpoint's metadata item, as a single run writes it (`loop.train_chunks`)."""
+    config_dict = config.to_dict()
+    return {
+        "step": step,
+        "history": history,
+        "config": config_dict,
+        "config_hash": checkpoints.config_hash(config_dict),
+        "train_seconds": train_seconds,
+    }
+
+
+def member_state(state: steps.TrainState, i: int) -> steps.TrainState:
+    """Member `i` of a block's host state (leading members axis; one shared step)."""
+    return steps.TrainState(
+        state.step,
+        jax.tree.map(lambda x: x[i], state.params),
+        jax.tree.map(lambda x: x[i], state.opt_state),
+    )
+
+
+def finished(member_dir: Path) -> dict | None:
+    """A finished member's result row (its results.json and history), else None."""
+    path = member_dir / workdir_lib.RESULTS_FILE
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    return {**results, "history": writers.read_metrics(member_dir)}
+
+
+def write_finish(
+    member_dir: Path, hparams: dict, results: dict, history: list[dict]
+) -> None:
+    """metrics.jsonl, TensorBoard events (scalars per period, hparams) and, last,
+    results.json."""
+    writers.rewrite_metrics(member_dir, history)
+    for old in member_dir.glob("events.out.tfevents.*"):  # a rerun after a kill
+        old.unlink()
+    from tensorboardX import SummaryWriter
+
+    events = SummaryWriter(logdir=str(member_dir))
+    for row in history:
+        for name, value in row.items():
+            if name != "step":
+                events.add_scalar(name, float(value), row["step"])
+    keys = metrics.keys("val", "test")
+    scores = {f"hparam/{k}": results[k] for k in keys}
+    events.add_hparams(
+        {k: _hparam(v) for k, v in hparams.items()}, scores, name=".", global_step=0
+    )
+    events.close()
+    writers.write_json(member_dir / workdir_lib.RESULTS_FILE, results)
+
+
+def _hparam(value):
+    """TensorBoard's hparams take numbers, strings and bools: tuples become strings."""
+    return value if isinstance(value, int | float | str | bool) else str(value)
+
+
+def resume_step(member_dirs: Sequence[Path]) -> int | None:
+    """The latest step at which every one of `member_dirs` has a checkpoint, or None."""
+    common = None
+    for member_dir in member_dirs:
+        saved = set(checkpoints.available_steps(member_dir))
+        common = saved if common is None else common & saved
+    return max(common) if common else None
+
+
+def restore(
+    member_dirs: Sequence[Path], step: int, abstract: steps.TrainState
+) -> tuple[steps.TrainState, list[dict]]:
+    """The members' states at `step`, stacked on a leading axis (on the host), and each
+    member's checkpoint metadata."""
+    states, metadatas = [], []
+    for member_dir in member_dirs:
+        with checkpoints.Checkpointer(member_dir, read_only=True) as checkpointer:
+            params, opt_state, meta = checkpointer.restore(step, abstract)
+        states.append((params, opt_state))
+        metadatas.append(meta)
+    params, opt_state = jax.tree.map(
+        lambda *xs: np.stack([np.asarray(x) for x in xs]), *states
+    )
+    return steps.TrainState(np.int32(step), params, opt_state), metadatas
+
+
+class MemberBlock:
+    """A block of a sweep group (members trained together) on the host side: its
+    members' histories, checkpoints, divergence and folders. `run` is the sweep's
+    `sweep.SweepRun`; the first `num_real` of `folders` are real members, the rest
+    padding."""
+
+    def __init__(self, config, configs, folders, num_real, run, chief, stack):
+        self.config, self.configs, self.folders = config, configs, folders
+        self.num_real, self.run, self.chief = num_real, run, chief
+        self.histories = [[] for _ in configs]
+        self.periods: list = []  # (step, scores on device) not yet in `histories`
+        self.nonfinite = np.full(len(configs), -1)  # first non-finite step, 0-based
+        self.pending_nonfinite: list = []
+        self.start, self.seconds_before = 0, 0.0
+        self.clock = time.perf_counter()
+        self.checkpointers = [
+            stack.enter_context(checkpoints.Checkpointer(f, config.checkpoint.steps))
+            for f in folders[:num_real]
+        ]
+
+    def resume(self, state, state_spec, num_pool: int, num_train: int):
+        """The members' latest common checkpoint, or `state` (and their first files)."""
+        real = self.folders[: self.num_real]
+        step = resume_step(real)
+        if step is None:
+            if self.chief:
+                for c, f in zip(self.configs, real, strict=False):
+                    recorded = checkpoints.recorded_config(c, self.run.source)
+                    write_start(f, recorded, self.run.run_info)
+            return state
+        program = train.make_program(self.config)
+        init = train.make_init(self.config, num_pool, num_train, program)
+        device = jax.local_devices()[0]
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(
+                x.shape, x.dtype, sharding=SingleDeviceSharding(device)
+            ),
+            jax.eval_shape(init, *train.init_arguments(self.config))[0],
+        )
+        restored, metadatas = restore(self.folders, step, abstract)
+        self.start = step
+        self.histories = [m["history"] for m in metadatas]
+        self.nonfinite = np.asarray([m.get("nonfinite_step", -1) for m in metadatas])
+        self.seconds_before = metadatas[0]["train_seconds"]
+        log.info(
+            "Resuming %d members from their checkpoints at step %d.",
+            self.num_real,
+            step,
+        )
+        return jax.device_put(restored, jax.tree.map(lambda s: s.sharding, state_spec))
+
+    def record(self, end: int, scores, nonfinite) -> None:
+        if scores is not None:
+            self.periods.append((end, scores))
+        self.pending_nonfinite.append(nonfinite)
+
+    def _taken(self) -> Callable[[], None]:
+        """Takes the periods recorded so far (on this thread); the returned function
+        moves them into the histories (on the writer's, waiting for their chunks)."""
+        periods, pending = self.periods, self.pending_nonfinite
+        self.periods, self.pending_nonfinite = [], []
+        return lambda: self._to_host(periods, pending)
+
+    def _to_host(self, periods: list, pending: list) -> None:
+        period_scores, pending = mesh_lib.to_host(([s for _, s in periods], pending))
+        for nonfinite in pending:
+            first = (self.nonfinite < 0) & (nonfinite >= 0)
+            self.nonfinite = np.where(first, nonfinite, self.nonfinite)
+        ends = [end for end, _ in periods]
+        for end, scores in zip(ends, period_scores, strict=True):
+            for i, history in enumerate(self.histories):
+                history.append(
+                    {"step": end, **{k: float(v[i]) for k, v in scores.items()}}
+                )
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.clock
+
+    def save_task(self, step: int, state) -> Callable[[], None]:
+        # A copy on the device: the state itself is donated to the next chunk.
+        copy = jax.tree.map(jnp.copy, state)
+        to_host = self._taken()
+
+        def save():
+            to_host()
+            host_state = mesh_lib.to_host(copy)
+            for i, checkpointer in enumerate(self.checkpointers):
+                meta = metadata(
+                    self.configs[i], step, self.histories[i], self.seconds()
+                )
+                meta["nonfinite_step"] = int(self.nonfinite[i])
+                checkpointer.save(step, member_state(host_state, i), meta)
+
+        return save
+
+    def finish_task(self, test, results: list, offset: int) -> Callable[[], None]:
+        to_host = self._taken()
+
+        def finish():
+            to_host()
+            test_scores = mesh_lib.to_host(test)
+            seconds = self.seconds()
+            for checkpointer in self.checkpointers:  # results.json comes last
+                checkpointer.wait_until_finished()
+            for i in range(self.num_real):
+                config, history = self.configs[i], self.histories[i]
+                final = {k: history[-1][k] for k in metrics.keys("val")}
+                final |= {k: float(v[i]) for k, v in test_scores.items()}
+                member_results = train.make_results(config, final, seconds)
+                if self.nonfinite[i] >= 0:
+                    step = int(self.nonfinite[i]) + 1
+                    member_results["diverged_at_step"] = step
+                    warning = (
+                        f"member {self.folders[i].name} diverged: loss or gradients "
+                        f"became NaN/inf at step {step} (optim.learning_rate="
+                        f"{config.optim.learning_rate}, optim.clip_norm="
+                        f"{config.optim.clip_norm})"
+                    )
+                    member_results["warnings"].append(warning)
+                    log.warning("%s", warning)
+                if self.chief:
+                    write_finish(
+                        self.folders[i],
+                        self.run.hparams[int(self.folders[i].name)],
+                        member_results,
+                        history,
+                    )
+                results[offset + i] = {**member_results, "history": history}
+
+        return finish

@@ -163,18 +163,24 @@ def _learning_rate_jumps(monkeypatch, at_step: int, learning_rate: float):
     detection, the discarded chunk and the saves are the package's own."""
     train_chunks = loop.train_chunks
 
-    def with_jump(config, chunk, state, pool, member, *rest):
-        def jumped_chunk(state, num_steps, evaluate, pool, member):
-            if int(state.step) >= at_step:
-                rate = member.learning_rate
-                member = member._replace(
-                    learning_rate=jax.device_put(
-                        jnp.asarray(learning_rate, rate.dtype), rate.sharding
-                    )
-                )
-            return chunk(state, num_steps, evaluate, pool, member)
+    def with_jump(config, program, programs, state, pool, member, *rest):
+        def train(length):
+            compiled = programs.train(length)
 
-        return train_chunks(config, jumped_chunk, state, pool, member, *rest)
+            def jumped(state, pool, member, orders):
+                if int(state.step) >= at_step:
+                    rate = member.learning_rate
+                    member = member._replace(
+                        learning_rate=jax.device_put(
+                            jnp.asarray(learning_rate, rate.dtype), rate.sharding
+                        )
+                    )
+                return compiled(state, pool, member, orders)
+
+            return jumped
+
+        jumping = programs._replace(train=train)
+        return train_chunks(config, program, jumping, state, pool, member, *rest)
 
     monkeypatch.setattr(loop, "train_chunks", with_jump)
 

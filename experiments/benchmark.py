@@ -182,7 +182,7 @@ def sweep_seconds(
     def train(num):  # the state is donated, so each call continues from the last
         for b, (state, member) in enumerate(runs):
             chunk_orders = orders[b](done[b], num)
-            state, _, _ = programs.chunk(state, num, False, pool, member, chunk_orders)
+            state, _ = programs.train(state, num, pool, member, chunk_orders)
             runs[b], done[b] = (state, member), done[b] + num
         return [state for state, _ in runs]
 

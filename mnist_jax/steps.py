@@ -212,24 +212,6 @@ class Program:
             scores |= metrics.reduce(split, {n: v[idx] for n, v in values.items()})
         return scores
 
-    def chunk(
-        self,
-        state: TrainState,
-        num_steps: int,
-        evaluate: bool,
-        data: Dataset,
-        member: Member,
-        orders: jax.Array | None = None,
-    ) -> tuple[TrainState, dict[str, jax.Array], jax.Array]:
-        """Train `num_steps` steps, then, if `evaluate` (a period end; not at a bare
-        checkpoint step), score the training and validation rows ({} if not). Both are
-        static (`static_argnums=(1, 2)`): one compilation per (length, evaluate), and
-        no conditional in the program. `orders` as in `train_steps`. The third output
-        is `train_steps`' first non-finite step."""
-        state, nonfinite = self.train_steps(state, num_steps, data, member, orders)
-        scores = self.pool_scores(state.params, data, member) if evaluate else {}
-        return state, scores, nonfinite
-
     def test_scores(self, params, data: Dataset) -> dict[str, jax.Array]:
         """Every metric on the test set alone: all a sweep member adds at its end (its
         validation numbers are its last period's)."""

@@ -152,13 +152,15 @@ def block_layout(
 
 
 class GroupPrograms(NamedTuple):
-    """A group's programs, each `jax.vmap` of a single run's, members sharded over the
-    mesh's `members` axis: what `run_group` runs and the benchmark times."""
+    """A group's programs, each `jax.vmap` of a single run's (`loop.ChunkPrograms`),
+    members sharded over the mesh's `members` axis: what `run_group` runs and the
+    benchmark times."""
 
     init: Callable  # (seeds, learning rates, clip norms) -> (TrainState, Member)
-    # as steps.Program.chunk, for a block of members (state donated; the chunk length
-    # and evaluate flag are static: one compilation per length)
-    chunk: Callable
+    # as steps.Program.train_steps, for a block of members (state donated; the trip
+    # count is static: one compilation per `schedule.loop_lengths` entry)
+    train: Callable
+    evaluate: Callable  # as steps.Program.pool_scores: a period's scores
     test: Callable  # as steps.Program.test_scores
     order: Callable  # as steps.Program.epoch_order, for a block of members
     program: steps.Program  # the single run's, which these vmap
@@ -175,10 +177,10 @@ def group_programs(
         train.make_init(config, num_pool, num_train, program),
         out_axes=(_STATE_AXES, _MEMBER_AXES),
     )
-    chunk = vmapped(
-        program.chunk,
-        in_axes=(_STATE_AXES, None, None, None, _MEMBER_AXES, 0),
-        out_axes=(_STATE_AXES, 0, 0),
+    train_steps = vmapped(
+        program.train_steps,
+        in_axes=(_STATE_AXES, None, None, _MEMBER_AXES, 0),
+        out_axes=(_STATE_AXES, 0),
     )
     return GroupPrograms(
         init=jax.jit(
@@ -189,7 +191,8 @@ def group_programs(
             ),
             compiler_options=startup.RUN_ONCE_OPTIONS,
         ),
-        chunk=jax.jit(chunk, static_argnums=(1, 2), donate_argnums=0),
+        train=jax.jit(train_steps, static_argnums=1, donate_argnums=0),
+        evaluate=jax.jit(vmapped(program.pool_scores, in_axes=(0, None, _MEMBER_AXES))),
         test=jax.jit(
             vmapped(program.test_scores, in_axes=(0, None)),
             compiler_options=startup.RUN_ONCE_OPTIONS,
@@ -273,7 +276,9 @@ def run_group(
     state_spec, member_spec = jax.eval_shape(
         programs.init, *member_arrays(configs[:size])
     )
-    period_ends = schedule.period_ends(config.train.num_steps, config.train.num_periods)
+    period_ends = set(
+        schedule.period_ends(config.train.num_steps, config.train.num_periods)
+    )
     save_at = set(save_steps(config)) if run.save else set()
     chief = mesh_lib.is_chief()
     results: list[dict | None] = [None] * num_real
@@ -291,33 +296,31 @@ def run_group(
         contextlib.ExitStack() as stack,
         ThreadPoolExecutor(max_workers=1) as writer,
     ):
-        # The training, order and test programs compile on a second thread while this
-        # one initialises the first block: one training program per chunk length and
-        # evaluate flag the schedule needs (a resume at another step compiles its own).
+        # The training loop, order, evaluation and test programs compile on a second
+        # thread while this one initialises the first block: one training loop per
+        # trip count (`schedule.loop_lengths`; a resume off the schedule compiles its
+        # own), as a single run does.
         epoch = jax.ShapeDtypeStruct((), jnp.int32)
         order_ready = compiler.submit(programs.order, member_spec, epoch)
         order_spec = jax.eval_shape(programs.order, member_spec, epoch)
-        chunk_ready: dict[tuple[int, bool], Future] = {}
+        train_ready: dict[int, Future] = {}
 
-        def chunk_program(num_steps: int, evaluate: bool):
-            if (num_steps, evaluate) not in chunk_ready:
+        def train_program(num_steps: int):
+            if num_steps not in train_ready:
                 orders = (order_spec,) * programs.program.chunk_epochs(
                     num_steps, member_spec
                 )
-                chunk_ready[num_steps, evaluate] = compiler.submit(
-                    programs.chunk,
-                    state_spec,
-                    num_steps,
-                    evaluate,
-                    pool,
-                    member_spec,
-                    orders,
+                train_ready[num_steps] = compiler.submit(
+                    programs.train, state_spec, num_steps, pool, member_spec, orders
                 )
-            return chunk_ready[num_steps, evaluate]
+            return train_ready[num_steps]
 
-        ends = sorted({*period_ends, *save_at})
-        for start, end in zip([0, *ends[:-1]], ends, strict=True):
-            chunk_program(end - start, end in period_ends)
+        lengths = schedule.loop_lengths(config)
+        for length in lengths:
+            train_program(length)
+        evaluate_ready = compiler.submit(
+            programs.evaluate, state_spec.params, pool, member_spec
+        )
         test_ready = compiler.submit(programs.test, state_spec.params, run.dataset)
         if while_compiling is not None:
             while_compiling()
@@ -348,13 +351,18 @@ def run_group(
             state = block_run.resume(state, state_spec, num_pool, num_train)
             done = block_run.start
             orders = loop.EpochOrders(programs.program, order_ready.result(), member)
-            for end in sorted(s for s in {*period_ends, *save_at} if s > done):
-                evaluate = end in period_ends
-                state, scores, nonfinite = chunk_program(end - done, evaluate).result()(
-                    state, pool, member, orders(done, end - done)
-                )
-                block_run.record(end, scores if end in period_ends else None, nonfinite)
-                done = end
+            for end in schedule.chunk_ends(config, done):
+                nonfinite = []
+                for length in schedule.calls(end - done, lengths):
+                    state, first_nonfinite = train_program(length).result()(
+                        state, pool, member, orders(done, length)
+                    )
+                    nonfinite.append(first_nonfinite)
+                    done += length
+                scores = None
+                if end in period_ends:
+                    scores = evaluate_ready.result()(state.params, pool, member)
+                block_run.record(end, scores, nonfinite)
                 if end in save_at or (run.received and end < config.train.num_steps):
                     tasks.append(writer.submit(block_run.save_task(end, state)))
                 if run.received and end < config.train.num_steps:

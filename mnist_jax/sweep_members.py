@@ -175,10 +175,12 @@ class MemberBlock:
         )
         return jax.device_put(restored, jax.tree.map(lambda s: s.sharding, state_spec))
 
-    def record(self, end: int, scores, nonfinite) -> None:
+    def record(self, end: int, scores, nonfinite: list) -> None:
+        """A chunk ending at `end`: its scores (None off a period end) and each of its
+        training calls' first non-finite steps, all still on the device."""
         if scores is not None:
             self.periods.append((end, scores))
-        self.pending_nonfinite.append(nonfinite)
+        self.pending_nonfinite.extend(nonfinite)
 
     def _taken(self) -> Callable[[], None]:
         """Takes the periods recorded so far (on this thread); the returned function

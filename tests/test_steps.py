@@ -85,12 +85,6 @@ def test_one_compilation_per_chunk_length(run):
     assert int(state.step) == 23
     assert train_steps._cache_size() == 2
 
-    chunk = jax.jit(program.chunk, static_argnums=(1, 2), donate_argnums=0)
-    for length, evaluate in ((3, False), (7, True), (3, False), (7, True)):
-        state, scores, _ = chunk(state, length, evaluate, dataset, member)
-        assert bool(scores) == evaluate
-    assert chunk._cache_size() == 2
-
 
 def test_chunks_with_drawn_orders_train_as_one_loop(run):
     """The run's way (each epoch's order drawn once, by its own program) and any

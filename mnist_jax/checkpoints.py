@@ -128,6 +128,9 @@ class Checkpointer:
         # Host copies first: the device buffers are donated to the next chunk while
         # Orbax may still be writing in the background.
         params, opt_state = mesh.to_host((state.params, state.opt_state))
+        # Likewise the metadata, which Orbax serialises later: the caller goes on
+        # appending to the history it holds (a resume would replay those periods).
+        metadata = json.loads(json.dumps(metadata))
         self._manager.save(
             step,
             args=self._args.Composite(

@@ -156,3 +156,18 @@ def test_last_checkpoint_scores_what_results_json_says(request, shared):
         assert scores["accuracy"] == pytest.approx(
             results[f"{split}/accuracy"], abs=1e-7
         ), split
+
+
+def test_a_save_keeps_the_metadata_as_it_was_when_saved(tmp_path):
+    """Orbax writes the metadata on a background thread; the history list a run keeps
+    appending to must be saved as it was at the save, or a resume from that step would
+    replay (and write twice) the periods after it."""
+    config = _config()
+    _, state, _ = train.init_run(config, data.load(config.data))
+    history = [{"step": 20, "val/accuracy": 0.5}]
+    with checkpoints.Checkpointer(tmp_path, keep_steps=(20,)) as checkpointer:
+        checkpointer.save(20, state, {"step": 20, "history": history})
+        history.append({"step": 40, "val/accuracy": 0.6})  # the next period, at once
+        checkpointer.wait_until_finished()
+        saved = checkpointer.restore_metadata(20)
+    assert saved["history"] == [{"step": 20, "val/accuracy": 0.5}]

@@ -20,7 +20,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # a fresh process, and compiling is most of what they cost (the suite took 650 s
 # without it, about half that with it). Fresh for each session, and removed after it,
 # so no test reads another session's programs.
-_XLA_CACHE = tempfile.mkdtemp(prefix="mnist_jax_tests_xla_")
+# (pytest-xdist's workers inherit the first process's.)
+_XLA_CACHE = os.environ.get("MNIST_JAX_TESTS_XLA_CACHE") or tempfile.mkdtemp(
+    prefix="mnist_jax_tests_xla_"
+)
+os.environ["MNIST_JAX_TESTS_XLA_CACHE"] = _XLA_CACHE
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
@@ -41,7 +45,8 @@ _USER_DATA_DIR = os.environ.get("MNIST_JAX_DATA_DIR")  # read before tests unset
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+    if not hasattr(config, "workerinput"):  # the first process, once workers are done
+        shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -19,7 +19,10 @@ Measures, on the MLP of `configs/mlp.py` (batch 30):
 - whole processes: `python -m mnist_jax.main --config=configs/mlp.py` (JAX import
   included; the median of `--repeats` runs, taken before, between and after the
   sweeps) and 16- and 64-member sweeps (1000 steps, 10 periods), wall time and peak
-  RSS, and the sweeps' wall time as a multiple of the single run's.
+  RSS, and the sweeps' wall time as a multiple of the single run's;
+- what member checkpoints cost: the 64-member sweep trained in this process with and
+  without them (`sweep.run_sweep(..., save=False)`), alternating, and their share of
+  its wall time.
 """
 
 import json
@@ -192,6 +195,33 @@ def sweep_seconds(
     return median_seconds(lambda: train(num_steps), repeats), first_call
 
 
+def checkpoint_share(config, num_lrs: int, num_seeds: int, pairs: int) -> dict:
+    """What member checkpoints cost a sweep: `sweep.run_sweep` of the grid with and
+    without them (`save=False`), alternating `pairs` times in this process; the share is
+    1 - median(without) / median(with)."""
+    learning_rates, seeds = grid(num_lrs, num_seeds)
+    grid_config = config_schema.with_sweep(
+        ConfigDict(config.to_dict()),
+        {
+            "seed": tuple(seeds),
+            "optim.learning_rate": tuple(map(float, learning_rates)),
+        },
+    )
+    seconds = {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(pairs):
+            for save in (True, False):
+                start = time.perf_counter()
+                sweep.run_sweep(grid_config, f"{tmp}/{i}{save}", save=save)
+                seconds[save].append(time.perf_counter() - start)
+    with_s, without_s = np.median(seconds[True]), np.median(seconds[False])
+    return {
+        "with_seconds": seconds[True],
+        "without_seconds": seconds[False],
+        "share": float(1 - without_s / with_s),
+    }
+
+
 def process(args: list[str]) -> dict:
     """Wall time and peak RSS of a fresh Python process (JAX import included).
 
@@ -306,6 +336,10 @@ def main(argv) -> None:
             "peak_rss_mb": max(run["peak_rss_mb"] for run in singles),
         }
 
+    # The 64-member sweep's member checkpoints (192 Orbax saves): their share of its
+    # wall time, trained in this process with and without them.
+    saves = checkpoint_share(config, 16, 4, pairs=repeats - 1 or 1)
+
     report = {
         "machine": {
             "platform": jax.default_backend(),
@@ -336,6 +370,7 @@ def main(argv) -> None:
             "sweep_16_over_single": sweep16["wall_seconds"] / single["wall_seconds"],
             "sweep_64_over_single": sweep64["wall_seconds"] / single["wall_seconds"],
         },
+        "sweep_64_checkpoints": saves,
     }
     writers.write_json(out / "benchmark.json", report)
     rows = [
@@ -400,6 +435,17 @@ def main(argv) -> None:
         {
             "measure": "64-member sweep / single run",
             "value": report["processes"]["sweep_64_over_single"],
+        },
+        {
+            "measure": "64-member sweep, s with / without member checkpoints",
+            "value": " / ".join(
+                f"{np.median(saves[k]):.1f}"
+                for k in ("with_seconds", "without_seconds")
+            ),
+        },
+        {
+            "measure": "64-member sweep: share of wall time saving checkpoints",
+            "value": saves["share"],
         },
     ]
     table = writers.markdown_table(rows, digits=3)

@@ -49,6 +49,7 @@ from mnist_jax import (
     data,
     loop,
     optim,
+    schedule,
     sizing,
     sweep,
     train,
@@ -182,11 +183,16 @@ def sweep_seconds(
     orders = [loop.EpochOrders(programs.program, programs.order, m) for _, m in runs]
     done = [0] * blocks
 
+    # The sweep's calls: its static-length loop (10 steps for configs/mlp.py) repeated.
+    lengths = schedule.loop_lengths(config)
+
     def train(num):  # the state is donated, so each call continues from the last
         for b, (state, member) in enumerate(runs):
-            chunk_orders = orders[b](done[b], num)
-            state, _ = programs.train(state, num, pool, member, chunk_orders)
-            runs[b], done[b] = (state, member), done[b] + num
+            for length in schedule.calls(num, lengths):
+                call_orders = orders[b](done[b], length)
+                state, _ = programs.train(state, length, pool, member, call_orders)
+                done[b] += length
+            runs[b] = (state, member)
         return [state for state, _ in runs]
 
     start = time.perf_counter()  # the first call of this length compiles it
@@ -197,7 +203,8 @@ def sweep_seconds(
 
 def checkpoint_share(config, num_lrs: int, num_seeds: int, pairs: int) -> dict:
     """What member checkpoints cost a sweep: `sweep.run_sweep` of the grid with and
-    without them (`save=False`), alternating `pairs` times in this process; the share is
+    without them (`save=False`) in this process, after one unmeasured run (imports,
+    first uses), `pairs` times each in alternating order; the share is
     1 - median(without) / median(with)."""
     learning_rates, seeds = grid(num_lrs, num_seeds)
     grid_config = config_schema.with_sweep(
@@ -209,8 +216,9 @@ def checkpoint_share(config, num_lrs: int, num_seeds: int, pairs: int) -> dict:
     )
     seconds = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
+        sweep.run_sweep(grid_config, f"{tmp}/warm-up")
         for i in range(pairs):
-            for save in (True, False):
+            for save in (True, False) if i % 2 else (False, True):
                 start = time.perf_counter()
                 sweep.run_sweep(grid_config, f"{tmp}/{i}{save}", save=save)
                 seconds[save].append(time.perf_counter() - start)
@@ -338,7 +346,7 @@ def main(argv) -> None:
 
     # The 64-member sweep's member checkpoints (192 Orbax saves): their share of its
     # wall time, trained in this process with and without them.
-    saves = checkpoint_share(config, 16, 4, pairs=repeats - 1 or 1)
+    saves = checkpoint_share(config, 16, 4, pairs=repeats)
 
     report = {
         "machine": {

@@ -21,10 +21,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # without it, about half that with it). Fresh for each session, and removed after it,
 # so no test reads another session's programs.
 # (pytest-xdist's workers inherit the first process's.)
-_XLA_CACHE = os.environ.get("MNIST_JAX_TESTS_XLA_CACHE") or tempfile.mkdtemp(
-    prefix="mnist_jax_tests_xla_"
-)
-os.environ["MNIST_JAX_TESTS_XLA_CACHE"] = _XLA_CACHE
+_OWN_XLA_CACHE = "MNIST_JAX_TESTS_XLA_CACHE" not in os.environ
+if _OWN_XLA_CACHE:
+    os.environ["MNIST_JAX_TESTS_XLA_CACHE"] = tempfile.mkdtemp(
+        prefix="mnist_jax_tests_xla_"
+    )
+_XLA_CACHE = os.environ["MNIST_JAX_TESTS_XLA_CACHE"]
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
@@ -45,7 +47,7 @@ _USER_DATA_DIR = os.environ.get("MNIST_JAX_DATA_DIR")  # read before tests unset
 
 
 def pytest_unconfigure(config):
-    if not hasattr(config, "workerinput"):  # the first process, once workers are done
+    if _OWN_XLA_CACHE:  # the first process (it outlives the workers), not a worker
         shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 

@@ -158,7 +158,7 @@ def test_last_checkpoint_scores_what_results_json_says(request, shared):
         ), split
 
 
-def test_a_save_keeps_the_metadata_as_it_was_when_saved(tmp_path):
+def test_a_save_keeps_the_metadata_as_it_was_when_saved(tmp_path, monkeypatch):
     """Orbax writes the metadata on a background thread; the history list a run keeps
     appending to must be saved as it was at the save, or a resume from that step would
     replay (and write twice) the periods after it."""
@@ -166,8 +166,16 @@ def test_a_save_keeps_the_metadata_as_it_was_when_saved(tmp_path):
     _, state, _ = train.init_run(config, data.load(config.data))
     history = [{"step": 20, "val/accuracy": 0.5}]
     with checkpoints.Checkpointer(tmp_path, keep_steps=(20,)) as checkpointer:
+        handed = []  # what Orbax will serialise, whenever its thread gets to it
+        json_save = checkpointer._args.JsonSave
+        monkeypatch.setattr(
+            checkpointer._args,
+            "JsonSave",
+            lambda item: handed.append(item) or json_save(item),
+        )
         checkpointer.save(20, state, {"step": 20, "history": history})
         history.append({"step": 40, "val/accuracy": 0.6})  # the next period, at once
+        assert handed[0]["history"] == [{"step": 20, "val/accuracy": 0.5}]
         checkpointer.wait_until_finished()
         saved = checkpointer.restore_metadata(20)
     assert saved["history"] == [{"step": 20, "val/accuracy": 0.5}]

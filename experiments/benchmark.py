@@ -142,6 +142,18 @@ def grid(num_lrs: int, num_seeds: int) -> tuple[np.ndarray, range]:
     return np.geomspace(0.01, 0.3, num_lrs), range(num_seeds)
 
 
+def sweep_config(config, num_lrs: int, num_seeds: int) -> ConfigDict:
+    """`config` with the `grid` as its sweep axes (seed, learning rate)."""
+    learning_rates, seeds = grid(num_lrs, num_seeds)
+    return config_schema.with_sweep(
+        ConfigDict(config.to_dict()),
+        {
+            "seed": tuple(seeds),
+            "optim.learning_rate": tuple(map(float, learning_rates)),
+        },
+    )
+
+
 def peak_device_mb() -> float | None:
     """The most memory the first device has held so far, where it says (not a CPU)."""
     stats = jax.devices()[0].memory_stats() or {}
@@ -156,14 +168,7 @@ def sweep_seconds(
     its programs, its blocks one after another, its members sharded over every device;
     and the first call's time (compilation and the measured steps). Evaluation is left out (the
     process timings below include it)."""
-    learning_rates, seeds = grid(num_lrs, num_seeds)
-    grid_config = config_schema.with_sweep(
-        ConfigDict(config.to_dict()),
-        {
-            "seed": tuple(seeds),
-            "optim.learning_rate": tuple(map(float, learning_rates)),
-        },
-    )
+    grid_config = sweep_config(config, num_lrs, num_seeds)
     configs = [member for _, member in sweep.expand(grid_config)]
     device_mesh = mesh_lib.make_sweep_mesh(())
     blocks, size = sweep.block_layout(
@@ -186,13 +191,22 @@ def sweep_seconds(
     # The sweep's calls: its static-length loop (10 steps for configs/mlp.py) repeated.
     lengths = schedule.loop_lengths(config)
 
+    def compiled(length):  # as run_group calls it
+        return lambda *args: programs.train(args[0], length, *args[1:])
+
     def train(num):  # the state is donated, so each call continues from the last
         for b, (state, member) in enumerate(runs):
-            for length in schedule.calls(num, lengths):
-                call_orders = orders[b](done[b], length)
-                state, _ = programs.train(state, length, pool, member, call_orders)
-                done[b] += length
-            runs[b] = (state, member)
+            state, _ = loop.train_calls(
+                compiled,
+                state,
+                pool,
+                member,
+                orders[b],
+                done[b],
+                done[b] + num,
+                lengths,
+            )
+            runs[b], done[b] = (state, member), done[b] + num
         return [state for state, _ in runs]
 
     start = time.perf_counter()  # the first call of this length compiles it
@@ -206,14 +220,7 @@ def checkpoint_share(config, num_lrs: int, num_seeds: int, pairs: int) -> dict:
     without them (`save=False`) in this process, after one unmeasured run (imports,
     first uses), `pairs` times each in alternating order; the share is
     1 - median(without) / median(with)."""
-    learning_rates, seeds = grid(num_lrs, num_seeds)
-    grid_config = config_schema.with_sweep(
-        ConfigDict(config.to_dict()),
-        {
-            "seed": tuple(seeds),
-            "optim.learning_rate": tuple(map(float, learning_rates)),
-        },
-    )
+    grid_config = sweep_config(config, num_lrs, num_seeds)
     seconds = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         sweep.run_sweep(grid_config, f"{tmp}/warm-up")

@@ -56,6 +56,23 @@ class EpochOrders:
         return tuple(self._drawn[e] for e in epochs)
 
 
+def train_calls(
+    train, state, pool, member, orders: EpochOrders, done: int, end: int, lengths
+):
+    """Steps `done` to `end` (the host's count: reading `state.step` would wait for the
+    device) as `schedule.calls` of the compiled loops `train(length)`
+    (`ChunkPrograms.train`); returns the state and each call's first non-finite step,
+    still on the device, to be read together once per chunk."""
+    nonfinite = []
+    for length in schedule.calls(end - done, lengths):
+        state, first_nonfinite = train(length)(
+            state, pool, member, orders(done, length)
+        )
+        nonfinite.append(first_nonfinite)
+        done += length
+    return state, nonfinite
+
+
 def train_chunks(
     config,
     program: steps.Program,
@@ -100,13 +117,9 @@ def train_chunks(
         writer.write_hparams(config.to_dict())
         for end in schedule.chunk_ends(config, done):
             evaluate = end in evaluate_at
-            candidate, nonfinite, step = state, [], done
-            for length in schedule.calls(end - done, lengths):
-                candidate, first_nonfinite = programs.train(length)(
-                    candidate, pool, member, orders(step, length)
-                )
-                nonfinite.append(first_nonfinite)
-                step += length
+            candidate, nonfinite = train_calls(
+                programs.train, state, pool, member, orders, done, end, lengths
+            )
             # Dispatched at once: the device evaluates while the host waits for both.
             scores = (
                 programs.evaluate(candidate.params, pool, member) if evaluate else {}

@@ -352,13 +352,17 @@ def run_group(
             done = block_run.start
             orders = loop.EpochOrders(programs.program, order_ready.result(), member)
             for end in schedule.chunk_ends(config, done):
-                nonfinite = []
-                for length in schedule.calls(end - done, lengths):
-                    state, first_nonfinite = train_program(length).result()(
-                        state, pool, member, orders(done, length)
-                    )
-                    nonfinite.append(first_nonfinite)
-                    done += length
+                state, nonfinite = loop.train_calls(
+                    lambda length: train_program(length).result(),
+                    state,
+                    pool,
+                    member,
+                    orders,
+                    done,
+                    end,
+                    lengths,
+                )
+                done = end
                 scores = None
                 if end in period_ends:
                     scores = evaluate_ready.result()(state.params, pool, member)

@@ -13,15 +13,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
 from flax import nnx
+from jax.sharding import SingleDeviceSharding
 from ml_collections import ConfigDict
 
-from mnist_jax import config_schema, mesh, models, startup
+from mnist_jax import config_schema, mesh, models, startup, writers
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
+LINKS_FILE = "checkpoint_links.json"  # a sweep member's block checkpoints (`link`)
 ITEMS = ("params", "opt_state", "metadata")
 # A resumed run may change these, nothing else: more steps extend it; the mesh is
 # where it runs, not what it computes.
@@ -97,7 +101,13 @@ def check_data(workdir: str | os.PathLike, host, remedy: str) -> None:
 
 class Checkpointer:
     """One Orbax `CheckpointManager`; use as a context manager so pending async saves
-    are waited for on every exit path (Orbax drops a save the process exits during)."""
+    are waited for on every exit path (Orbax drops a save the process exits during).
+
+    A sweep member's folder holds no checkpoints of its own: its `LINKS_FILE` names the
+    block checkpoints (`link`) that hold it on a leading members axis, and the steps
+    they hold read here as the folder's own, one member's slice. A single run that
+    extends a member saves into the folder's own `checkpoints/`, which wins a step both
+    hold."""
 
     def __init__(self, workdir: str | os.PathLike, keep_steps=(), *, read_only=False):
         """`read_only` opens existing checkpoints for reading: nothing is created or
@@ -114,15 +124,27 @@ class Checkpointer:
         )
         self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
         self._args = ocp.args
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=ITEMS
-        )
+        self._manager = None
+        if not read_only or self.directory.is_dir():
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_names=ITEMS
+            )
+        self._blocks: list[Checkpointer] = []
+        self._linked: dict[int, tuple[Checkpointer, int, int]] = {}
+        for entry in read_links(workdir):  # later links win a step
+            block = Checkpointer(_block_dir(workdir, entry), read_only=True)
+            self._blocks.append(block)
+            for step in block.all_steps():
+                self._linked[step] = (block, entry["index"], entry["members"])
+
+    def _own_steps(self) -> list[int]:
+        return list(self._manager.all_steps()) if self._manager else []
 
     def all_steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+        return sorted(set(self._own_steps()) | self._linked.keys())
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        return max(self.all_steps(), default=None)
 
     def save(self, step: int, state, metadata: dict) -> None:
         # Host copies first: the device buffers are donated to the next chunk while
@@ -140,46 +162,126 @@ class Checkpointer:
             ),
         )
 
+    def _restore(self, step: int, params=None, opt_state=None, metadata=False):
+        """(params, opt_state, metadata) at `step`; None for an item not asked for
+        (`params` and `opt_state` are abstract targets)."""
+        if step not in self._own_steps() and step in self._linked:
+            block, index, size = self._linked[step]
+            stacked = [
+                None if a is None else _stacked(a, size) for a in (params, opt_state)
+            ]
+            p, o, m = block._restore(step, *stacked, metadata)
+            return (
+                None if p is None else _member(p, index, params),
+                None if o is None else _member(o, index, opt_state),
+                None if m is None else m["metadata"][index],
+            )
+        args = {}
+        if params is not None:
+            args["params"] = self._args.StandardRestore(params)
+        if opt_state is not None:
+            args["opt_state"] = self._args.StandardRestore(opt_state)
+        if metadata:
+            args["metadata"] = self._args.JsonRestore()
+        if self._manager is None:
+            raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory}")
+        restored = self._manager.restore(step, args=self._args.Composite(**args))
+        return tuple(restored.get(name) for name in ITEMS)
+
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
         """(params, opt_state, metadata) at `step`, shaped like `abstract_state`."""
-        restored = self._manager.restore(
-            step,
-            args=self._args.Composite(
-                params=self._args.StandardRestore(abstract_state.params),
-                opt_state=self._args.StandardRestore(abstract_state.opt_state),
-                metadata=self._args.JsonRestore(),
-            ),
+        return self._restore(
+            step, abstract_state.params, abstract_state.opt_state, metadata=True
         )
-        return restored.params, restored.opt_state, restored.metadata
 
     def restore_params(self, step: int, abstract_params):
-        restored = self._manager.restore(
-            step,
-            args=self._args.Composite(
-                params=self._args.StandardRestore(abstract_params)
-            ),
-        )
-        return restored.params
+        return self._restore(step, params=abstract_params)[0]
 
     def restore_metadata(self, step: int) -> dict:
-        restored = self._manager.restore(
-            step, args=self._args.Composite(metadata=self._args.JsonRestore())
-        )
-        return restored.metadata
+        return self._restore(step, metadata=True)[2]
 
     def wait_until_finished(self) -> None:
         """Returns once every save so far is complete on disk."""
-        self._manager.wait_until_finished()
+        if self._manager:
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        if self._manager:
+            self._manager.wait_until_finished()
+            self._manager.close()
+        for block in self._blocks:
+            block.close()
 
     def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def link(
+    workdir: str | os.PathLike, block_dir: str | os.PathLike, index: int, size: int
+):
+    """Records in `workdir` (a sweep member's folder) that its checkpoints are member
+    `index` of the `size` members in `block_dir`'s checkpoints: a sweep saves a block
+    of members in one Orbax checkpoint per step, since each save costs ~50 ms of
+    Orbax's own work whatever its size. The path is kept relative (the sweep may move)
+    and absolute (the member folder may be copied out alone)."""
+    workdir, block_dir = Path(workdir).absolute(), Path(block_dir).absolute()
+    entry = {
+        "relative": os.path.relpath(block_dir, workdir),
+        "absolute": str(block_dir),
+        "index": index,
+        "members": size,
+    }
+    links = read_links(workdir)
+    same = ("relative", "index", "members")
+    if not any(all(e[k] == entry[k] for k in same) for e in links):
+        writers.write_json(workdir / LINKS_FILE, links + [entry])
+
+
+def read_links(workdir: str | os.PathLike) -> list[dict]:
+    path = Path(workdir) / LINKS_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _block_dir(workdir: str | os.PathLike, entry: dict) -> Path:
+    for block_dir in (Path(workdir) / entry["relative"], Path(entry["absolute"])):
+        if (block_dir / CHECKPOINT_DIR).is_dir():
+            return block_dir
+    raise UserError(
+        f"{workdir}: its checkpoints are in its sweep's {entry['relative']} (see "
+        f"{LINKS_FILE}), which is not there; keep the member folder in its sweep, or "
+        "copy the sweep's blocks/ folder with it"
+    )
+
+
+def _stacked(abstract, size: int):
+    """`abstract` with a leading axis of `size` members, on this process's first device."""
+    device = SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((size, *a.shape), a.dtype, sharding=device),
+        abstract,
+    )
+
+
+def _member(stacked, index: int, abstract):
+    """Member `index` of restored `stacked` arrays, placed as `abstract` says."""
+
+    def place(x, a):
+        host = np.asarray(x[index])
+        sharding = getattr(a, "sharding", None)
+        if sharding is None:
+            return jax.device_put(host)
+        return jax.make_array_from_callback(host.shape, sharding, lambda i: host[i])
+
+    leaves = [
+        place(x, a)
+        for x, a in zip(
+            jax.tree.leaves(stacked), jax.tree.leaves(abstract), strict=True
+        )
+    ]
+    return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
 
 
 def with_defaults(saved: dict) -> ConfigDict:
@@ -215,8 +317,6 @@ def read_config(workdir: str | os.PathLike) -> ConfigDict:
 
 def available_steps(workdir: str | os.PathLike) -> list[int]:
     """The steps with a complete checkpoint in `workdir` (empty if none)."""
-    if not (Path(workdir) / CHECKPOINT_DIR).is_dir():
-        return []
     with Checkpointer(workdir, read_only=True) as checkpointer:
         return checkpointer.all_steps()
 

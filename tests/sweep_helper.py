@@ -58,9 +58,9 @@ def main():
     if mode == "kill_mid_group":
         save = checkpoints.Checkpointer.save
 
-        def save_then_stop(self, step, *args):
-            save(self, step, *args)
-            if self.directory.parent.name != SECOND_GROUP_MEMBER:
+        def save_then_stop(self, step, state, metadata):
+            save(self, step, state, metadata)
+            if SECOND_GROUP_MEMBER not in metadata.get("members", ()):  # its block's
                 return
             if step == 10:
                 self.wait_until_finished()

@@ -1,11 +1,12 @@
 import json
 import re
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from mnist_jax import analysis, checkpoints, data, schedule, train, writers
+from mnist_jax import analysis, checkpoints, data, schedule, steps, train, writers
 from mnist_jax.errors import UserError
 from tests.conftest import copy_workdir
 from tests.run_helper import config as resumable_config
@@ -179,3 +180,76 @@ def test_a_save_keeps_the_metadata_as_it_was_when_saved(tmp_path, monkeypatch):
         checkpointer.wait_until_finished()
         saved = checkpointer.restore_metadata(20)
     assert saved["history"] == [{"step": 20, "val/accuracy": 0.5}]
+
+
+def test_a_member_folder_reads_its_slice_of_the_linked_block_checkpoints(tmp_path):
+    """A sweep member's folder reads its member of its blocks' checkpoints as its own:
+    every linked block's steps (a later link wins a step), its own checkpoints over
+    both; the block is found by its relative path when the whole sweep moves, by its
+    absolute one when the member folder is copied out alone, and a block found by
+    neither is named in one line."""
+    config = _config(num_steps=20)
+    _, state, _ = train.init_run(config, data.load(config.data))
+
+    def block_state(offset: float, size: int = 3):  # member i: state + offset + i
+        stack = lambda tree: jax.tree.map(  # noqa: E731
+            lambda x: np.stack([np.asarray(x) + offset + i for i in range(size)]), tree
+        )
+        return steps.TrainState(state.step, stack(state.params), stack(state.opt_state))
+
+    sweep, member = tmp_path / "sweep", tmp_path / "sweep" / "members" / "4"
+    member.mkdir(parents=True)
+    for name, offset, saves in (("a", 0.0, (5, 10)), ("b", 100.0, (10, 20))):
+        with checkpoints.Checkpointer(sweep / "blocks" / name, saves) as block:
+            for step in saves:
+                metadata = {
+                    "metadata": [
+                        {"step": step, "block": name, "i": i} for i in range(3)
+                    ]
+                }
+                block.save(step, block_state(offset), metadata)
+    checkpoints.link(member, sweep / "blocks" / "a", 1, 3)
+    checkpoints.link(member, sweep / "blocks" / "b", 2, 3)
+    checkpoints.link(member, sweep / "blocks" / "b", 2, 3)  # said twice, kept once
+    assert len(checkpoints.read_links(member)) == 2
+    with checkpoints.Checkpointer(member) as own:
+        own.save(20, block_state(1000.0, size=1), {"step": 20, "own": True})
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+    def read(folder):
+        with checkpoints.Checkpointer(folder, read_only=True) as checkpointer:
+            return checkpointer.all_steps(), {
+                step: checkpointer.restore(step, abstract) for step in (5, 10)
+            }
+
+    def weight(params):  # a leaf, less the live state's: the offset written
+        leaf, live = jax.tree.leaves(params)[0], jax.tree.leaves(state.params)[0]
+        return float(np.mean(np.asarray(leaf) - np.asarray(live)))
+
+    saved, restored = read(member)
+    assert saved == [5, 10, 20]
+    params, opt_state, metadata = restored[5]
+    assert weight(params) == pytest.approx(1.0) and metadata == {
+        "step": 5,
+        "block": "a",
+        "i": 1,
+    }
+    params, opt_state, metadata = restored[10]  # block b, linked later, wins step 10
+    assert weight(params) == pytest.approx(102.0) and metadata["block"] == "b"
+    assert jax.tree.structure(opt_state) == jax.tree.structure(state.opt_state)
+    with checkpoints.Checkpointer(member, read_only=True) as checkpointer:
+        assert checkpointer.restore_metadata(20) == {"step": 20, "own": True}
+        assert weight(
+            checkpointer.restore_params(20, abstract.params)
+        ) == pytest.approx(1000.0)
+
+    copied = tmp_path / "copied"  # the sweep still where it was: the absolute path
+    shutil.copytree(member, copied)
+    assert read(copied)[0] == saved
+    moved = tmp_path / "moved"  # the whole sweep moved: the relative path
+    sweep.rename(moved)
+    assert read(moved / "members" / "4")[0] == saved
+    with pytest.raises(
+        UserError, match=r"blocks/a \(see checkpoint_links.json\), which is not there"
+    ):
+        checkpoints.available_steps(copied)

@@ -188,6 +188,10 @@ def test_member_folders_are_single_runs(smoke_sweep, tmp_path):
     assert writers.read_metrics(member) == rows[1]["history"]
     assert list(member.glob("events.out.tfevents.*"))
 
+    # One Orbax checkpoint per block and step holds its members; the folder links it.
+    assert not (member / checkpoints.CHECKPOINT_DIR).exists()
+    blocks = list((workdir / sweep_members.BLOCKS_DIR).iterdir())
+    assert 0 < len(blocks) < len(rows)
     model = checkpoints.restore_model(member, 10)
     run = analysis.load_run(member)
     assert run.steps == [5, 10, 20]

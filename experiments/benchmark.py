@@ -351,8 +351,9 @@ def main(argv) -> None:
             "peak_rss_mb": max(run["peak_rss_mb"] for run in singles),
         }
 
-    # The 64-member sweep's member checkpoints (192 Orbax saves): their share of its
-    # wall time, trained in this process with and without them.
+    # The 64-member sweep's member checkpoints (one Orbax save per block of members and
+    # kept step, 12 here): their share of its wall time, trained in this process with
+    # and without them.
     saves = checkpoint_share(config, 16, 4, pairs=repeats)
 
     report = {

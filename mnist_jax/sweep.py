@@ -384,7 +384,7 @@ def _interrupted(run: SweepRun, where: str) -> str:
     name = signal.Signals(run.received[0]).name
     message = (
         f"interrupted by {name} {where}: member checkpoints saved in "
-        f"{run.workdir / sweep_members.MEMBERS_DIR}; run the same command to resume"
+        f"{run.workdir / sweep_members.BLOCKS_DIR}; run the same command to resume"
     )
     # For the log file only: the command line prints it once, as its error.
     log.warning("%s", message, extra={"console": False})

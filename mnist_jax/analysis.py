@@ -8,6 +8,7 @@ be scored on exactly the validation and test rows the run used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -16,12 +17,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mnist_jax import checkpoints, data, metrics, plots, steps, train
+from mnist_jax import checkpoints, data, metrics, plots, startup, steps, train
 from mnist_jax.errors import DataError, UserError
 
 DEAD_UNIT_NOTE = "never active (ReLU output 0) on any validation image"
 IGNORED_UNIT_FRACTION = 0.1  # outgoing weight norm below this share of the median
 NOISE_SMOOTHNESS = 0.1  # below this neighbour correlation a weight image is still noise
+
+
+@functools.cache
+def _scoring():
+    """(logits, evaluate), compiled once per program (hashable) rather than per run or
+    checkpoint read, with the options training used (the same sums as metrics.jsonl)."""
+    options = startup.compile_options()
+    return (
+        jax.jit(steps.Program.logits, static_argnums=0, compiler_options=options),
+        jax.jit(metrics.evaluate, static_argnums=2, compiler_options=options),
+    )
 
 
 @dataclasses.dataclass
@@ -54,8 +66,9 @@ class RunView:
         """Logits, labels and predicted classes of a split's rows, and every metric
         (`accuracy`, `log_loss`, ...) over them."""
         x, y = self.split(split)
-        logits = jax.jit(self.program.logits)(params, x)
-        values = jax.jit(metrics.evaluate, static_argnums=2)(logits, y, split)
+        logits_of, evaluate = _scoring()
+        logits = logits_of(self.program, params, x)
+        values = evaluate(logits, y, split)
         return {
             "logits": np.asarray(logits),
             "labels": np.asarray(y),
@@ -155,7 +168,7 @@ def dead_units(model, x) -> float:
     activity = getattr(model, "first_layer_activity", None)
     if activity is None:
         return float("nan")
-    return float(np.mean(np.asarray(jax.jit(activity)(x)).max(axis=0) <= 0.0))
+    return float(np.mean(np.asarray(activity(x)).max(axis=0) <= 0.0))
 
 
 def ignored_units(model) -> float:

@@ -66,7 +66,28 @@ def make_optimizer(
     if name == "adagrad":
         return tf1_clipped_adagrad(learning_rate, clip_norm)
     inner = OPTIMIZERS.entry(name).build(learning_rate, **fields)
-    return optax.chain(optax.clip_by_global_norm(clip_norm), inner)
+    return optax.chain(clip_by_global_norm(clip_norm), inner)
+
+
+def clip_factor(grads, clip_norm: float | jax.Array) -> jax.Array:
+    """tf.clip_by_global_norm's scale, clip_norm * min(1 / global_norm, 1 / clip_norm),
+    with 1 / global_norm spelt as rsqrt of the sum of squares: XLA's simplifier turns
+    1 / sqrt into rsqrt in some programs (a single run) but not in others (a sweep
+    sharded over devices), and the two round differently, so a member drifted from its
+    single run."""
+    inverse_norm = jax.lax.rsqrt(optax.tree.norm(grads, squared=True))
+    return clip_norm * jnp.minimum(inverse_norm, 1.0 / clip_norm)
+
+
+def clip_by_global_norm(clip_norm: float | jax.Array) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm` (its state too) with `clip_factor`'s arithmetic."""
+
+    def update(grads, state, params=None):
+        del params
+        factor = clip_factor(grads, clip_norm)
+        return jax.tree.map(lambda g: g * factor, grads), state
+
+    return optax.GradientTransformation(optax.clip_by_global_norm(1.0).init, update)
 
 
 def tf1_clipped_adagrad(
@@ -86,9 +107,7 @@ def tf1_clipped_adagrad(
     def update(grads, state, params=None):
         del params
         clip_state, (rss_state, scale_state) = state
-        # tf.clip_by_global_norm: t * clip_norm * min(1 / global_norm, 1 / clip_norm).
-        norm = optax.global_norm(grads)
-        factor = clip_norm * jnp.minimum(1.0 / norm, 1.0 / clip_norm)
+        factor = clip_factor(grads, clip_norm)
         # ApplyAdagrad: accum += grad^2; var -= grad * lr * rsqrt(accum).
         sums = jax.tree.map(
             lambda g, s: s + jnp.square(g * factor), grads, rss_state.sum_of_squares

@@ -32,6 +32,24 @@ RUN_ONCE_OPTIONS = {
     "xla_llvm_disable_expensive_passes": True,
 }
 
+# XLA:CPU hands some reductions (and products) to YNNPACK, choosing by shape, and
+# YNNPACK adds up in another order than XLA's own loops. A sweep's shapes are its
+# members' times a single run's, so the same sum landed on different sides for a member
+# and its single run (the bias gradient over 30 rows, the log-softmax over the classes,
+# the evaluation's product for all members at once), and they drifted apart. Without
+# YNNPACK every program adds up per member as a single run does, at no measured cost
+# on this CPU (docs/performance.md).
+CPU_REPRODUCIBLE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compile_options(run_once: bool = False) -> dict | None:
+    """Every program's compiler options: `RUN_ONCE_OPTIONS` for one run once, and on a
+    CPU `CPU_REPRODUCIBLE_OPTIONS`."""
+    options = dict(RUN_ONCE_OPTIONS) if run_once else {}
+    if jax.default_backend() == "cpu":
+        options |= CPU_REPRODUCIBLE_OPTIONS
+    return options or None
+
 
 class Compiler:
     """Compiles jitted functions ahead of time, in order, on one worker thread. Tracing
@@ -43,7 +61,7 @@ class Compiler:
     def submit(self, jitted, *args, run_once: bool = False) -> Future:
         """The future compiled program for `args` (arrays or `jax.ShapeDtypeStruct`s)."""
         lowered = jitted.lower(*args)
-        options = RUN_ONCE_OPTIONS if run_once else None
+        options = compile_options(run_once)
         return self._pool.submit(lowered.compile, compiler_options=options)
 
     def __enter__(self) -> Compiler:
@@ -53,9 +71,16 @@ class Compiler:
         self._pool.shutdown(wait=True)
 
 
+def compile_once(fn, *args):
+    """`fn` compiled for `args` with the cheap options (for a program run once or a few
+    times, where compile time outweighs run time)."""
+    options = compile_options(run_once=True)
+    return jax.jit(fn).lower(*args).compile(compiler_options=options)
+
+
 def run_once(fn, *args):
     """Compiles `fn` for `args` with the cheap options and calls it."""
-    return jax.jit(fn).lower(*args).compile(compiler_options=RUN_ONCE_OPTIONS)(*args)
+    return compile_once(fn, *args)(*args)
 
 
 def orbax():

@@ -189,15 +189,26 @@ def group_programs(
                 steps.TrainState(replicated, by_member, by_member),
                 by_member,
             ),
-            compiler_options=startup.RUN_ONCE_OPTIONS,
+            compiler_options=startup.compile_options(run_once=True),
         ),
-        train=jax.jit(train_steps, static_argnums=1, donate_argnums=0),
-        evaluate=jax.jit(vmapped(program.pool_scores, in_axes=(0, None, _MEMBER_AXES))),
+        train=jax.jit(
+            train_steps,
+            static_argnums=1,
+            donate_argnums=0,
+            compiler_options=startup.compile_options(),
+        ),
+        evaluate=jax.jit(
+            vmapped(program.pool_scores, in_axes=(0, None, _MEMBER_AXES)),
+            compiler_options=startup.compile_options(),
+        ),
         test=jax.jit(
             vmapped(program.test_scores, in_axes=(0, None)),
-            compiler_options=startup.RUN_ONCE_OPTIONS,
+            compiler_options=startup.compile_options(run_once=True),
         ),
-        order=jax.jit(vmapped(program.epoch_order, in_axes=(_MEMBER_AXES, None))),
+        order=jax.jit(
+            vmapped(program.epoch_order, in_axes=(_MEMBER_AXES, None)),
+            compiler_options=startup.compile_options(),
+        ),
         program=program,
     )
 

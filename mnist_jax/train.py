@@ -10,9 +10,11 @@ evaluates) and at checkpoint steps. A workdir with checkpoints is resumed.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -86,9 +88,24 @@ def init_run(
     """The program, its initial state and the seed's train/validation split (for
     analysis, which rebuilds a run without training it)."""
     program = make_program(config)
-    init = make_init(config, len(host.pool_labels), host.num_train, program)
-    state, member = startup.run_once(init, *init_arguments(config))
+    num_pool, num_train = len(host.pool_labels), host.num_train
+    # Seed, learning rate and clip are arguments: a sweep's members share one compile.
+    key = (
+        program,
+        json.dumps(config.model.to_dict(), sort_keys=True),
+        num_pool,
+        num_train,
+    )
+    if key not in _COMPILED_INITS:
+        init = make_init(config, num_pool, num_train, program)
+        if len(_COMPILED_INITS) >= 8:
+            _COMPILED_INITS.clear()
+        _COMPILED_INITS[key] = startup.compile_once(init, *init_arguments(config))
+    state, member = _COMPILED_INITS[key](*init_arguments(config))
     return program, state, member
+
+
+_COMPILED_INITS: dict[tuple, Callable] = {}  # `init_run`'s, by what they depend on
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:

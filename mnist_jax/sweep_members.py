@@ -128,6 +128,10 @@ def restore(
     return steps.TrainState(np.int32(step), params, opt_state), metadatas
 
 
+# One compiled copy of a whole state: leaf by leaf, eager copies cost ~0.3 s a save.
+_copied = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
 class MemberBlock:
     """A block of a sweep group (members trained together) on the host side: its
     members' histories, checkpoints, divergence and folders. `run` is the sweep's
@@ -215,7 +219,7 @@ class MemberBlock:
 
     def save_task(self, step: int, state) -> Callable[[], None]:
         # A copy on the device: the state itself is donated to the next chunk.
-        copy = jax.tree.map(jnp.copy, state)
+        copy = _copied(state)
         to_host = self._taken()
 
         def save():

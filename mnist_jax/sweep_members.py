@@ -7,7 +7,8 @@ resumes as a single run. results.json is written last: it marks a member finishe
 A block of members saves one Orbax checkpoint per step, with a leading members axis,
 in `SWEEP/blocks/m<first member>-n<members>/`; each member's folder links to it
 (`checkpoints.link`), and `checkpoints.Checkpointer` reads the member's slice as the
-folder's own checkpoints. One save per member cost 23% of a 64-member sweep."""
+folder's own checkpoints. One save per member cost 23% of a 64-member sweep; one per
+block costs 4% (docs/performance.md)."""
 
 from __future__ import annotations
 

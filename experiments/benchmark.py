@@ -25,7 +25,6 @@ Measures, on the MLP of `configs/mlp.py` (batch 30):
   its wall time.
 """
 
-import functools
 import json
 import os
 import platform
@@ -112,7 +111,7 @@ def plain_loop_seconds(
     """The usual JAX loop: a jitted step per Python iteration, indices from the host."""
     tx = program.make_optimizer(config.optim.learning_rate, config.optim.clip_norm)
 
-    @functools.partial(jax.jit, compiler_options=startup.compile_options())
+    @startup.jit
     def step(params, opt_state, rows):
         def loss(p):
             logits = program.logits(p, dataset.pool_x[rows])
@@ -295,11 +294,7 @@ def main(argv) -> None:
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     flops_per_step = 6 * config.train.batch_size * num_params
 
-    fused = jax.jit(
-        program.train_steps,
-        static_argnums=1,
-        compiler_options=startup.compile_options(),
-    )
+    fused = startup.jit(program.train_steps, static_argnums=1)
     start = time.perf_counter()
     jax.block_until_ready(fused(state, num_steps, dataset, member))  # compiles
     fused_compile_s = time.perf_counter() - start

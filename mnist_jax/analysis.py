@@ -29,10 +29,9 @@ NOISE_SMOOTHNESS = 0.1  # below this neighbour correlation a weight image is sti
 def _scoring():
     """(logits, evaluate), compiled once per program (hashable) rather than per run or
     checkpoint read, with the options training used (the same sums as metrics.jsonl)."""
-    options = startup.compile_options()
     return (
-        jax.jit(steps.Program.logits, static_argnums=0, compiler_options=options),
-        jax.jit(metrics.evaluate, static_argnums=2, compiler_options=options),
+        startup.jit(steps.Program.logits, static_argnums=0),
+        startup.jit(metrics.evaluate, static_argnums=2),
     )
 
 

@@ -42,13 +42,13 @@ RUN_ONCE_OPTIONS = {
 CPU_REPRODUCIBLE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def compile_options(run_once: bool = False) -> dict | None:
-    """Every program's compiler options: `RUN_ONCE_OPTIONS` for one run once, and on a
-    CPU `CPU_REPRODUCIBLE_OPTIONS`."""
+def jit(fn, *, run_once: bool = False, **jit_kwargs):
+    """`jax.jit` with the compiler options every program of the package takes:
+    `RUN_ONCE_OPTIONS` for one run once, and on a CPU `CPU_REPRODUCIBLE_OPTIONS`."""
     options = dict(RUN_ONCE_OPTIONS) if run_once else {}
     if jax.default_backend() == "cpu":
         options |= CPU_REPRODUCIBLE_OPTIONS
-    return options or None
+    return jax.jit(fn, compiler_options=options or None, **jit_kwargs)
 
 
 class Compiler:
@@ -58,11 +58,10 @@ class Compiler:
     def __init__(self):
         self._pool = ThreadPoolExecutor(max_workers=1)
 
-    def submit(self, jitted, *args, run_once: bool = False) -> Future:
-        """The future compiled program for `args` (arrays or `jax.ShapeDtypeStruct`s)."""
-        lowered = jitted.lower(*args)
-        options = compile_options(run_once)
-        return self._pool.submit(lowered.compile, compiler_options=options)
+    def submit(self, jitted, *args) -> Future:
+        """The future compiled program for `args` (arrays or `jax.ShapeDtypeStruct`s)
+        of `jitted` (a `jit`)."""
+        return self._pool.submit(jitted.lower(*args).compile)
 
     def __enter__(self) -> Compiler:
         return self
@@ -74,8 +73,7 @@ class Compiler:
 def compile_once(fn, *args):
     """`fn` compiled for `args` with the cheap options (for a program run once or a few
     times, where compile time outweighs run time)."""
-    options = compile_options(run_once=True)
-    return jax.jit(fn).lower(*args).compile(compiler_options=options)
+    return jit(fn, run_once=True).lower(*args).compile()
 
 
 def run_once(fn, *args):

@@ -183,32 +183,22 @@ def group_programs(
         out_axes=(_STATE_AXES, 0),
     )
     return GroupPrograms(
-        init=jax.jit(
+        init=startup.jit(
             init,
+            run_once=True,
             out_shardings=(
                 steps.TrainState(replicated, by_member, by_member),
                 by_member,
             ),
-            compiler_options=startup.compile_options(run_once=True),
         ),
-        train=jax.jit(
-            train_steps,
-            static_argnums=1,
-            donate_argnums=0,
-            compiler_options=startup.compile_options(),
+        train=startup.jit(train_steps, static_argnums=1, donate_argnums=0),
+        evaluate=startup.jit(
+            vmapped(program.pool_scores, in_axes=(0, None, _MEMBER_AXES))
         ),
-        evaluate=jax.jit(
-            vmapped(program.pool_scores, in_axes=(0, None, _MEMBER_AXES)),
-            compiler_options=startup.compile_options(),
+        test=startup.jit(
+            vmapped(program.test_scores, in_axes=(0, None)), run_once=True
         ),
-        test=jax.jit(
-            vmapped(program.test_scores, in_axes=(0, None)),
-            compiler_options=startup.compile_options(run_once=True),
-        ),
-        order=jax.jit(
-            vmapped(program.epoch_order, in_axes=(_MEMBER_AXES, None)),
-            compiler_options=startup.compile_options(),
-        ),
+        order=startup.jit(vmapped(program.epoch_order, in_axes=(_MEMBER_AXES, None))),
         program=program,
     )
 

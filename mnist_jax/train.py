@@ -144,10 +144,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         jax.eval_shape(init, *init_args), replicated
     )
     pool_spec = mesh_lib.specs(data.pool_spec(num_pool), replicated)
-    train_jit = jax.jit(program.train_steps, static_argnums=1, donate_argnums=0)
+    train_jit = startup.jit(program.train_steps, static_argnums=1, donate_argnums=0)
     with startup.Compiler() as compiler:
         init_ready = compiler.submit(
-            jax.jit(init, out_shardings=replicated), *init_args, run_once=True
+            startup.jit(init, run_once=True, out_shardings=replicated), *init_args
         )
         # The training loop's trip count is static: one program per trip count
         # (`schedule.loop_lengths`), compiled in the order the loop needs them.
@@ -165,23 +165,22 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         first_length, *later_lengths = schedule.loop_lengths(config)
         train_program(first_length)
         order_ready = compiler.submit(
-            jax.jit(program.epoch_order),
+            startup.jit(program.epoch_order),
             member_spec,
             jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
         )
         evaluate_ready = compiler.submit(
-            jax.jit(program.pool_scores), state_spec.params, pool_spec, member_spec
+            startup.jit(program.pool_scores), state_spec.params, pool_spec, member_spec
         )
         host = data.load(config.data, source)
         for length in later_lengths:
             train_program(length)
         dataset = data.to_device(host, replicated)
         final_ready = compiler.submit(
-            jax.jit(program.final_evaluation),
+            startup.jit(program.final_evaluation, run_once=True),
             state_spec.params,
             dataset,
             member_spec,
-            run_once=True,
         )
 
         # Workdir: touched only now that config and data are known good.

@@ -37,6 +37,21 @@ def _small_sweep():
     return config
 
 
+def _smoke_sweep_on_two_devices(workdir, *overrides: str) -> None:
+    """`python -m mnist_jax.sweep` of the smoke sweep with `overrides`, its members
+    sharded over two CPU devices (as on a 2-core machine by default)."""
+    result = processes.run(
+        "mnist_jax.sweep",
+        "--config=configs/sweep_mlp.py:smoke",
+        f"--workdir={workdir}",
+        *overrides,
+        "--cpu_devices=2",
+    )
+    assert result.returncode == 0, result.stderr
+    run_info = json.loads((workdir / "run_info.json").read_text())
+    assert run_info["mesh"]["axes"]["members"] == 2
+
+
 @pytest.mark.parametrize("module", [sweep_mlp, sweep_linear])
 def test_grid_is_the_product_of_the_axes(module):
     config = module.get_config()
@@ -78,18 +93,12 @@ def test_members_equal_their_single_runs_bitwise_at_the_default_layout(tmp_path)
     some shapes with YNNPACK (`startup.CPU_REPRODUCIBLE_OPTIONS`) and 1 / sqrt rounding
     unlike rsqrt in the sharded program (`optim.clip_factor`)."""
     workdir = tmp_path / "sweep"
-    result = processes.run(
-        "mnist_jax.sweep",
-        "--config=configs/sweep_mlp.py:smoke",
-        f"--workdir={workdir}",
+    _smoke_sweep_on_two_devices(
+        workdir,
         "--config.sweep.optim.learning_rate=(0.01,0.03,0.1,0.3)",
         "--config.sweep.train.batch_size=(30,100)",
         "--config.sweep.seed=(0,1,2,3)",
-        "--cpu_devices=2",
     )
-    assert result.returncode == 0, result.stderr
-    run_info = json.loads((workdir / "run_info.json").read_text())
-    assert run_info["mesh"]["axes"]["members"] == 2
     blocks = sorted(p.name for p in (workdir / sweep_members.BLOCKS_DIR).iterdir())
     assert [name.split("-")[1] for name in blocks] == ["n16", "n16"]  # 8 per device
     for index in (0, 13, 18, 31):  # both groups (batch 30 and 100), first and last
@@ -194,19 +203,13 @@ def test_cli_shards_members_over_one_cpu_device_per_core(smoke_sweep, tmp_path):
     """`python -m mnist_jax.sweep` splits the CPU into devices (here 2) and shards the
     members over them; each member's numbers stay those of the 1-device sweep, bitwise."""
     workdir = tmp_path / "cli"
-    result = processes.run(
-        "mnist_jax.sweep",
-        "--config=configs/sweep_mlp.py:smoke",
-        f"--workdir={workdir}",
+    _smoke_sweep_on_two_devices(
+        workdir,
         "--config.model.dropout_rate=0.1",
         "--config.sweep.optim.learning_rate=(0.03,0.1)",
         "--config.sweep.train.batch_size=(30,)",
         "--config.sweep.seed=(0,1)",
-        "--cpu_devices=2",
     )
-    assert result.returncode == 0, result.stderr
-    run_info = json.loads((workdir / "run_info.json").read_text())
-    assert run_info["mesh"]["axes"]["members"] == 2
     table = pd.read_csv(workdir / "sweep.csv")
     _, rows = smoke_sweep
     for row, (_, cli_row) in zip(rows, table.iterrows(), strict=True):

@@ -198,7 +198,9 @@ def group_programs(
         test=startup.jit(
             vmapped(program.test_scores, in_axes=(0, None)), run_once=True
         ),
-        order=startup.jit(vmapped(program.epoch_order, in_axes=(_MEMBER_AXES, None))),
+        order=startup.jit(  # once per epoch
+            vmapped(program.epoch_order, in_axes=(_MEMBER_AXES, None)), run_once=True
+        ),
         program=program,
     )
 

@@ -82,19 +82,13 @@ def write_finish(
     writers.rewrite_metrics(member_dir, history)
     for old in member_dir.glob("events.out.tfevents.*"):  # a rerun after a kill
         old.unlink()
-    from tensorboardX import SummaryWriter
-
-    events = SummaryWriter(logdir=str(member_dir))
-    for row in history:
-        for name, value in row.items():
-            if name != "step":
-                events.add_scalar(name, float(value), row["step"])
     keys = metrics.keys("val", "test")
-    scores = {f"hparam/{k}": results[k] for k in keys}
-    events.add_hparams(
-        {k: _hparam(v) for k, v in hparams.items()}, scores, name=".", global_step=0
+    writers.write_events(
+        member_dir,
+        history,
+        {k: _hparam(v) for k, v in hparams.items()},
+        {f"hparam/{k}": results[k] for k in keys},
     )
-    events.close()
     writers.write_json(member_dir / workdir_lib.RESULTS_FILE, results)
 
 

@@ -165,7 +165,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         first_length, *later_lengths = schedule.loop_lengths(config)
         train_program(first_length)
         order_ready = compiler.submit(
-            startup.jit(program.epoch_order),
+            startup.jit(program.epoch_order, run_once=True),  # once per epoch
             member_spec,
             jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,37 @@ def rewrite_metrics(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> N
     checkpoint's history, so no period appears twice and none is lost."""
     lines = (json.dumps(row, sort_keys=True) + "\n" for row in rows)
     write_text(Path(workdir) / METRICS_FILE, "".join(lines))
+
+
+def write_events(
+    workdir: str | os.PathLike,
+    rows: list[dict[str, Any]],
+    hparams: Mapping[str, Any],
+    scores: Mapping[str, float],
+) -> None:
+    """A finished run's TensorBoard events in one pass: each row's scalars at its
+    step, and the hparams session (`hparams` and final `scores`) by which
+    `tensorboard --logdir=SWEEP` compares the members of a sweep. Written on this
+    thread: tensorboardX's `SummaryWriter` starts a thread and a queue per file, ~20 ms
+    of CPU per member taken from the cores the sweep trains on."""
+    from tensorboardX import summary
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = EventsWriter(os.path.join(workdir, "events"))
+
+    def write(proto, step: int) -> None:
+        events.write_event(Event(wall_time=time.time(), step=step, summary=proto))
+
+    for row in rows:
+        for name, value in row.items():
+            if name != "step":
+                write(summary.scalar(name, float(value)), int(row["step"]))
+    for proto in summary.hparams(dict(hparams), dict(scores)):
+        write(proto, 0)
+    for name, value in scores.items():
+        write(summary.scalar(name, float(value)), 0)
+    events.close()
 
 
 class MetricWriter:

@@ -217,6 +217,34 @@ def test_cli_shards_members_over_one_cpu_device_per_core(smoke_sweep, tmp_path):
             assert cli_row[key] == row[key], key
 
 
+def _tensorboard_events(folder) -> tuple[dict, dict]:
+    """The scalars ({(tag, step): value}) and the hparams session's values of the
+    TensorBoard event files in `folder`, read from their records (length, CRC, event,
+    CRC) with tensorboardX's protos."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+    scalars, hparams = {}, {}
+    for path in folder.glob("events.out.tfevents.*"):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    plugin = HParamsPluginData.FromString(
+                        value.metadata.plugin_data.content
+                    )
+                    for name, v in plugin.session_start_info.hparams.items():
+                        hparams[name] = v.number_value
+                elif value.HasField("simple_value"):
+                    scalars[value.tag, event.step] = value.simple_value
+    return scalars, hparams
+
+
 def test_member_folders_are_single_runs(smoke_sweep, tmp_path):
     """Every reader of a run reads a member's folder unchanged."""
     workdir, rows = smoke_sweep
@@ -230,7 +258,19 @@ def test_member_folders_are_single_runs(smoke_sweep, tmp_path):
         k: rows[1][k] for k in sweep.RESULT_KEYS
     }
     assert writers.read_metrics(member) == rows[1]["history"]
-    assert list(member.glob("events.out.tfevents.*"))
+    # TensorBoard: the history's scalars at their steps, and the member's hparams
+    # session with its final scores (`tensorboard --logdir=SWEEP` compares them).
+    scalars, hparams = _tensorboard_events(member)
+    for row in rows[1]["history"]:
+        for name, value in row.items():
+            if name != "step":
+                assert scalars[name, row["step"]] == pytest.approx(value, rel=1e-6)
+    assert hparams == {
+        "optim.learning_rate": rows[1]["optim.learning_rate"],
+        "train.batch_size": rows[1]["train.batch_size"],
+        "seed": rows[1]["seed"],
+    }
+    assert scalars["hparam/val/accuracy", 0] == pytest.approx(rows[1]["val/accuracy"])
 
     # One Orbax checkpoint per block and step holds its members; the folder links it.
     assert not (member / checkpoints.CHECKPOINT_DIR).exists()

@@ -59,7 +59,9 @@ def write_events(
 ) -> None:
     """A finished run's TensorBoard events in one pass: each row's scalars at its
     step, and the hparams session (`hparams` and final `scores`) by which
-    `tensorboard --logdir=SWEEP` compares the members of a sweep. Written on this
+    `tensorboard --logdir=SWEEP` compares the members of a sweep (TensorBoard's
+    hparams take numbers, strings and bools: other values, e.g. tuples of hidden
+    units, are written as strings). Written on this
     thread: tensorboardX's `SummaryWriter` starts a thread and a queue per file, ~20 ms
     of CPU per member taken from the cores the sweep trains on."""
     from tensorboardX import summary
@@ -75,7 +77,11 @@ def write_events(
         for name, value in row.items():
             if name != "step":
                 write(summary.scalar(name, float(value)), int(row["step"]))
-    for proto in summary.hparams(dict(hparams), dict(scores)):
+    plain = {
+        k: v if isinstance(v, int | float | str | bool) else str(v)
+        for k, v in hparams.items()
+    }
+    for proto in summary.hparams(plain, dict(scores)):
         write(proto, 0)
     for name, value in scores.items():
         write(summary.scalar(name, float(value)), 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -48,7 +49,7 @@ class RunView:
 
     def params_at(self, step: int) -> nnx.State:
         checkpoints.check_step(self.workdir, step, self.steps)
-        _, abstract = nnx.split(checkpoints.abstract_model(self.config))
+        abstract = jax.eval_shape(lambda: self.initial_params)  # no model to trace
         with checkpoints.Checkpointer(self.workdir, read_only=True) as checkpointer:
             return checkpointer.restore_params(step, abstract)
 
@@ -85,13 +86,18 @@ class RunView:
 
 
 def load_run(
-    workdir: str | os.PathLike, data_path: str | os.PathLike | None = None
+    workdir: str | os.PathLike,
+    data_path: str | os.PathLike | None = None,
+    *,
+    loaded: dict | None = None,
 ) -> RunView:
     """Everything needed to score a workdir's checkpoints; one line if it has none.
 
     The data is read from where config.json says, or from `data_path` (a folder
     holding the run's data in either format, for data moved since training); either
     way it must be the examples the run recorded in run_info.json (one line if not).
+    `loaded`, a dict the caller keeps between calls, shares the data of runs with the
+    same data config (a sweep's members): read and put on the device once.
     """
     workdir = Path(workdir)
     config = checkpoints.read_config(workdir)
@@ -100,13 +106,19 @@ def load_run(
     if data_path is not None:
         config.data.source, config.data.path = "auto", str(data_path)
     remedy = "pass data_path (--data_path=DIR), a folder with the run's data"
-    try:
-        host = data.load(config.data)
-    except DataError as e:
-        raise DataError(f"{e}; {remedy}") from e
+    key = json.dumps(config.data.to_dict(), sort_keys=True)
+    host, dataset = (loaded or {}).get(key, (None, None))
+    if host is None:
+        try:
+            host = data.load(config.data)
+        except DataError as e:
+            raise DataError(f"{e}; {remedy}") from e
     checkpoints.check_data(workdir, host, remedy)
     program, state, member = train.init_run(config, host)
-    dataset = data.to_device(host)
+    if dataset is None:
+        dataset = data.to_device(host)
+        if loaded is not None:
+            loaded[key] = host, dataset
     return RunView(workdir, config, host, dataset, program, member, state.params, saved)
 
 

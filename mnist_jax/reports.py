@@ -161,7 +161,8 @@ def compare_runs(
             f"{folder} already holds a {COMPARISON_FILE}; choose another --out, or "
             "pass --overwrite to replace it"
         )
-    runs = [analysis.load_run(w, data_path) for w in workdirs]
+    loaded = {}  # runs on the same data share it
+    runs = [analysis.load_run(w, data_path, loaded=loaded) for w in workdirs]
     names = list(names or [f"{r.config.model.name} ({r.workdir.name})" for r in runs])
     if len(names) != len(runs):
         raise UserError(f"--names has {len(names)} labels for {len(runs)} workdirs")

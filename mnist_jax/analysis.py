@@ -46,11 +46,14 @@ class RunView:
     member: steps.Member
     initial_params: nnx.State
     steps: list[int]
+    block_reads: checkpoints.BlockReads | None = None  # `Shared.block_reads`
 
     def params_at(self, step: int) -> nnx.State:
         checkpoints.check_step(self.workdir, step, self.steps)
         abstract = jax.eval_shape(lambda: self.initial_params)  # no model to trace
-        with checkpoints.Checkpointer(self.workdir, read_only=True) as checkpointer:
+        with checkpoints.Checkpointer(
+            self.workdir, read_only=True, block_reads=self.block_reads
+        ) as checkpointer:
             return checkpointer.restore_params(step, abstract)
 
     def split(self, name: str) -> tuple[jax.Array, jax.Array]:
@@ -85,19 +88,32 @@ class RunView:
         return nnx.merge(self.program.graphdef, params)
 
 
+@dataclasses.dataclass
+class Shared:
+    """What runs analysed together (a sweep's members) share: each data config's host
+    data and device copy, read once, and the reads of their block checkpoints."""
+
+    datasets: dict[str, tuple[data.HostData, data.Dataset]] = dataclasses.field(
+        default_factory=dict
+    )
+    block_reads: checkpoints.BlockReads = dataclasses.field(
+        default_factory=checkpoints.BlockReads
+    )
+
+
 def load_run(
     workdir: str | os.PathLike,
     data_path: str | os.PathLike | None = None,
     *,
-    loaded: dict | None = None,
+    shared: Shared | None = None,
 ) -> RunView:
     """Everything needed to score a workdir's checkpoints; one line if it has none.
 
     The data is read from where config.json says, or from `data_path` (a folder
     holding the run's data in either format, for data moved since training); either
     way it must be the examples the run recorded in run_info.json (one line if not).
-    `loaded`, a dict the caller keeps between calls, shares the data of runs with the
-    same data config (a sweep's members): read and put on the device once.
+    `shared` (kept by the caller between calls) lets runs read the same data and
+    block checkpoints once.
     """
     workdir = Path(workdir)
     config = checkpoints.read_config(workdir)
@@ -107,7 +123,7 @@ def load_run(
         config.data.source, config.data.path = "auto", str(data_path)
     remedy = "pass data_path (--data_path=DIR), a folder with the run's data"
     key = json.dumps(config.data.to_dict(), sort_keys=True)
-    host, dataset = (loaded or {}).get(key, (None, None))
+    host, dataset = shared.datasets.get(key, (None, None)) if shared else (None, None)
     if host is None:
         try:
             host = data.load(config.data)
@@ -117,9 +133,11 @@ def load_run(
     program, state, member = train.init_run(config, host)
     if dataset is None:
         dataset = data.to_device(host)
-        if loaded is not None:
-            loaded[key] = host, dataset
-    return RunView(workdir, config, host, dataset, program, member, state.params, saved)
+        if shared is not None:
+            shared.datasets[key] = host, dataset
+    view = RunView(workdir, config, host, dataset, program, member, state.params, saved)
+    view.block_reads = shared.block_reads if shared else None
+    return view
 
 
 def first_layer_kernel(model) -> np.ndarray | None:

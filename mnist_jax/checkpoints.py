@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,23 @@ def check_data(workdir: str | os.PathLike, host, remedy: str) -> None:
     )
 
 
+class BlockReads:
+    """Block checkpoints already read, for the next member asking for the same block and
+    step: analysing a sweep's members in order then reads each block's step once, not
+    once per member (a block holds up to 16). Keeps the `size` latest reads."""
+
+    def __init__(self, size: int = 8):
+        self._reads: dict[tuple, tuple] = {}
+        self._size = size
+
+    def get(self, key: tuple, read: Callable[[], tuple]) -> tuple:
+        if key not in self._reads:
+            if len(self._reads) >= self._size:
+                del self._reads[next(iter(self._reads))]  # the oldest
+            self._reads[key] = read()
+        return self._reads[key]
+
+
 class Checkpointer:
     """One Orbax `CheckpointManager`; use as a context manager so pending async saves
     are waited for on every exit path (Orbax drops a save the process exits during).
@@ -109,9 +127,17 @@ class Checkpointer:
     extends a member saves into the folder's own `checkpoints/`, which wins a step both
     hold."""
 
-    def __init__(self, workdir: str | os.PathLike, keep_steps=(), *, read_only=False):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        keep_steps=(),
+        *,
+        read_only=False,
+        block_reads: BlockReads | None = None,
+    ):
         """`read_only` opens existing checkpoints for reading: nothing is created or
-        cleaned up (and no Orbax read-only warnings)."""
+        cleaned up (and no Orbax read-only warnings). `block_reads` shares reads of
+        block checkpoints with other members' `Checkpointer`s."""
         ocp = startup.orbax()
         managers = ocp.checkpoint_managers
         policy = managers.AnyPreservationPolicy(
@@ -129,6 +155,7 @@ class Checkpointer:
             self._manager = ocp.CheckpointManager(
                 self.directory, options=options, item_names=ITEMS
             )
+        self._block_reads = block_reads
         self._blocks: list[Checkpointer] = []
         self._linked: dict[int, tuple[Checkpointer, int, int]] = {}
         for entry in read_links(workdir):  # later links win a step
@@ -170,7 +197,16 @@ class Checkpointer:
             stacked = [
                 None if a is None else _stacked(a, size) for a in (params, opt_state)
             ]
-            p, o, m = block._restore(step, *stacked, metadata)
+
+            def read():
+                return block._restore(step, *stacked, metadata)
+
+            if self._block_reads is None:
+                p, o, m = read()
+            else:
+                asked = (params is not None, opt_state is not None, metadata)
+                key = (block.directory.resolve(), step, *asked)
+                p, o, m = self._block_reads.get(key, read)
             return (
                 None if p is None else _member(p, index, params),
                 None if o is None else _member(o, index, opt_state),

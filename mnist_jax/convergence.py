@@ -41,10 +41,10 @@ def member_rows(
     saved = json.loads(config_path.read_text())
     axes = list(saved_axes(saved.get("sweep") or {}))
     members = startup.pandas().read_csv(table).to_dict("records")
-    rows, loaded = [], {}  # the members share their data: read once
+    rows, shared = [], analysis.Shared()  # data and block checkpoints read once
     for member in members:
         run = analysis.load_run(
-            sweep_members.folder(workdir, member["member"]), data_path, loaded=loaded
+            sweep_members.folder(workdir, member["member"]), data_path, shared=shared
         )
         kept = [s for s in run.config.checkpoint.steps if s in run.steps]
         params = {step: run.params_at(step) for step in kept or run.steps}

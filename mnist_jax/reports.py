@@ -161,8 +161,8 @@ def compare_runs(
             f"{folder} already holds a {COMPARISON_FILE}; choose another --out, or "
             "pass --overwrite to replace it"
         )
-    loaded = {}  # runs on the same data share it
-    runs = [analysis.load_run(w, data_path, loaded=loaded) for w in workdirs]
+    shared = analysis.Shared()  # runs on the same data read it once
+    runs = [analysis.load_run(w, data_path, shared=shared) for w in workdirs]
     names = list(names or [f"{r.config.model.name} ({r.workdir.name})" for r in runs])
     if len(names) != len(runs):
         raise UserError(f"--names has {len(names)} labels for {len(runs)} workdirs")

@@ -174,22 +174,22 @@ def test_changed_data_is_refused_in_analysis_in_one_line(real_run, changed_data)
 
 
 def test_runs_on_the_same_data_share_one_load_and_are_each_checked(real_run, tmp_path):
-    """`load_run(..., loaded=)` reads a sweep's data once for all its members, yet
+    """`load_run(..., shared=)` reads a sweep's data once for all its members, yet
     still checks every run against the data it recorded."""
     _, workdir, folder = real_run
     other = _copy_run(workdir, tmp_path / "other")
-    loaded = {}
-    first = analysis.load_run(workdir, loaded=loaded)
-    second = analysis.load_run(other, loaded=loaded)
+    shared = analysis.Shared()
+    first = analysis.load_run(workdir, shared=shared)
+    second = analysis.load_run(other, shared=shared)
     assert second.host is first.host and second.dataset is first.dataset
-    moved = analysis.load_run(other, data_path=folder, loaded=loaded)
-    assert moved.host is not first.host and len(loaded) == 2
+    moved = analysis.load_run(other, data_path=folder, shared=shared)
+    assert moved.host is not first.host and len(shared.datasets) == 2
 
     info = json.loads((other / "run_info.json").read_text())
     info["data"]["content_sha256"] = "0" * 64
     (other / "run_info.json").write_text(json.dumps(info))
     with pytest.raises(UserError, match="trained on data with sha256 000000000000"):
-        analysis.load_run(other, loaded=loaded)
+        analysis.load_run(other, shared=shared)
 
 
 def test_an_old_auto_config_is_checked_against_the_fingerprint(

@@ -295,6 +295,31 @@ def test_member_folders_are_single_runs(smoke_sweep, tmp_path):
     ]
 
 
+def test_members_analysed_together_read_their_block_once(smoke_sweep, tmp_path):
+    """With `analysis.Shared`, the second member of a block takes its parameters from
+    the block checkpoint the first one read: it still reads right after the block's
+    files are gone, where a member read alone fails."""
+    workdir, rows = smoke_sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(".lock"))
+    folders = [sweep_members.folder(copy, i) for i in range(len(rows))]
+    blocks = [checkpoints.read_links(f)[0]["relative"] for f in folders]
+    first, second = [f for f, b in zip(folders, blocks, strict=True) if b == blocks[0]][
+        :2
+    ]
+    alone = analysis.load_run(second).params_at(20)
+
+    shared = analysis.Shared()
+    analysis.load_run(first, shared=shared).params_at(20)
+    view = analysis.load_run(second, shared=shared)
+    shutil.rmtree(second / blocks[0] / checkpoints.CHECKPOINT_DIR / "20" / "params")
+    together = view.params_at(20)
+    for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(Exception):  # noqa: B017 (Orbax's own error for missing files)
+        analysis.load_run(second).params_at(20)
+
+
 def test_member_folder_resumes_as_a_single_run(smoke_sweep, tmp_path, caplog):
     workdir, rows = smoke_sweep
     copy = tmp_path / "member"

@@ -46,7 +46,8 @@ class RunView:
     member: steps.Member
     initial_params: nnx.State
     steps: list[int]
-    block_reads: checkpoints.BlockReads | None = None  # `Shared.block_reads`
+    # shared with other members' views (`Shared`), so that a block is read once
+    block_reads: checkpoints.BlockReads | None = None
 
     def params_at(self, step: int) -> nnx.State:
         checkpoints.check_step(self.workdir, step, self.steps)
@@ -112,8 +113,9 @@ def load_run(
     The data is read from where config.json says, or from `data_path` (a folder
     holding the run's data in either format, for data moved since training); either
     way it must be the examples the run recorded in run_info.json (one line if not).
-    `shared` (kept by the caller between calls) lets runs read the same data and
-    block checkpoints once.
+    `shared` (kept by the caller between calls) lets runs with the same data config
+    (its JSON) read the data once, each still checked against its own fingerprint, and
+    a sweep's members read each block checkpoint once.
     """
     workdir = Path(workdir)
     config = checkpoints.read_config(workdir)
@@ -135,9 +137,10 @@ def load_run(
         dataset = data.to_device(host)
         if shared is not None:
             shared.datasets[key] = host, dataset
-    view = RunView(workdir, config, host, dataset, program, member, state.params, saved)
-    view.block_reads = shared.block_reads if shared else None
-    return view
+    return RunView(
+        *(workdir, config, host, dataset, program, member, state.params, saved),
+        block_reads=shared.block_reads if shared else None,
+    )
 
 
 def first_layer_kernel(model) -> np.ndarray | None:

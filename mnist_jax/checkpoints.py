@@ -2,7 +2,8 @@
 rolling latest one for resumption; and the notebook-friendly way to read them back.
 
 Params, optimizer state and metadata are separate items, so analysis restores the
-params alone. Restores go into abstract targets (shapes only, from `nnx.eval_shape`).
+params alone. Restores go into abstract targets (shapes only: `nnx.eval_shape` of the
+model, or `jax.eval_shape` of a run's initial params).
 """
 
 from __future__ import annotations
@@ -101,20 +102,22 @@ def check_data(workdir: str | os.PathLike, host, remedy: str) -> None:
 
 
 class BlockReads:
-    """Block checkpoints already read, for the next member asking for the same block and
-    step: analysing a sweep's members in order then reads each block's step once, not
-    once per member (a block holds up to 16). Keeps the `size` latest reads."""
+    """Block checkpoints already read, kept for the block's other members: analysing a
+    sweep's members in order then reads each block's step once, not once per member (a
+    block holds up to 16). Keeps every read of the `blocks` latest blocks, each a
+    block's stacked arrays on the device."""
 
-    def __init__(self, size: int = 8):
-        self._reads: dict[tuple, tuple] = {}
-        self._size = size
+    def __init__(self, blocks: int = 2):
+        self._reads: dict[Path, dict[tuple, tuple]] = {}
+        self._blocks = blocks
 
-    def get(self, key: tuple, read: Callable[[], tuple]) -> tuple:
-        if key not in self._reads:
-            if len(self._reads) >= self._size:
-                del self._reads[next(iter(self._reads))]  # the oldest
-            self._reads[key] = read()
-        return self._reads[key]
+    def get(self, block_dir: Path, key: tuple, read: Callable[[], tuple]) -> tuple:
+        if key not in self._reads.get(block_dir, {}):
+            restored = read()  # first: a failed read drops nothing
+            self._reads.setdefault(block_dir, {})[key] = restored
+            while len(self._reads) > self._blocks:
+                del self._reads[next(iter(self._reads))]  # the oldest block
+        return self._reads[block_dir][key]
 
 
 class Checkpointer:
@@ -204,9 +207,8 @@ class Checkpointer:
             if self._block_reads is None:
                 p, o, m = read()
             else:
-                asked = (params is not None, opt_state is not None, metadata)
-                key = (block.directory.resolve(), step, *asked)
-                p, o, m = self._block_reads.get(key, read)
+                asked = (step, params is not None, opt_state is not None, metadata)
+                p, o, m = self._block_reads.get(block.directory.resolve(), asked, read)
             return (
                 None if p is None else _member(p, index, params),
                 None if o is None else _member(o, index, opt_state),

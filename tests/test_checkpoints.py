@@ -1,6 +1,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -253,3 +254,33 @@ def test_a_member_folder_reads_its_slice_of_the_linked_block_checkpoints(tmp_pat
         UserError, match=r"blocks/a \(see checkpoint_links.json\), which is not there"
     ):
         checkpoints.available_steps(copied)
+
+
+def test_block_reads_keep_every_step_of_the_latest_blocks():
+    """A sweep's members read in order: every step of a block stays for its next
+    member, however many steps it keeps; a third block drops the oldest one."""
+    reads, calls = checkpoints.BlockReads(blocks=2), []
+
+    def read(name):
+        return lambda: calls.append(name) or (name,)
+
+    a, b, c = Path("a"), Path("b"), Path("c")
+    for step in range(20):
+        assert reads.get(a, (step, True), read(f"a{step}")) == (f"a{step}",)
+    assert reads.get(a, (5, False), read("a5 other items")) == ("a5 other items",)
+    for step in range(20):  # the block's next member: nothing read again
+        assert reads.get(a, (step, True), read("again")) == (f"a{step}",)
+    assert "again" not in calls and len(calls) == 21
+
+    reads.get(b, (0, True), read("b0"))
+
+    def fail():
+        raise OSError("gone")
+
+    with pytest.raises(OSError):
+        reads.get(c, (0, True), fail)
+    reads.get(a, (0, True), read("again"))  # a failed read dropped nothing
+    reads.get(c, (0, True), read("c0"))  # a third block: the oldest, a, goes
+    reads.get(b, (0, True), read("again"))
+    reads.get(a, (0, True), read("a0 again"))
+    assert calls[-2:] == ["c0", "a0 again"] and "again" not in calls

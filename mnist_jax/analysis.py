@@ -137,10 +137,11 @@ def load_run(
         dataset = data.to_device(host)
         if shared is not None:
             shared.datasets[key] = host, dataset
-    return RunView(
-        *(workdir, config, host, dataset, program, member, state.params, saved),
-        block_reads=shared.block_reads if shared else None,
-    )
+    # Only a caller's `Shared` keeps block reads: a view of its own would hold every
+    # step it read of a whole block for as long as it lives.
+    block_reads = shared.block_reads if shared else None
+    view = (workdir, config, host, dataset, program, member, state.params, saved)
+    return RunView(*view, block_reads=block_reads)
 
 
 def first_layer_kernel(model) -> np.ndarray | None:

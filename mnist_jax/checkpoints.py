@@ -204,7 +204,7 @@ class Checkpointer:
             def read():
                 return block._restore(step, *stacked, metadata)
 
-            if self._block_reads is None:
+            if self._block_reads is None:  # no reads kept: a block may be large
                 p, o, m = read()
             else:
                 asked = (step, params is not None, opt_state is not None, metadata)

@@ -146,10 +146,16 @@ class Checkpointer:
         policy = managers.AnyPreservationPolicy(
             [managers.LatestN(1), managers.CustomSteps(list(keep_steps))]
         )
+        # A reader works alone: each process reads what it needs, when it needs it, so
+        # no barrier with the other processes (whose readers may differ in number).
+        alone = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}
+        )
         options = ocp.CheckpointManagerOptions(
             preservation_policy=None if read_only else policy,
             create=not read_only,
             cleanup_tmp_directories=not read_only,
+            **({"multiprocessing_options": alone} if read_only else {}),
         )
         self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
         self._args = ocp.args

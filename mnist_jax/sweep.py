@@ -297,7 +297,7 @@ def run_group(
     with (
         startup.Compiler() as compiler,
         contextlib.ExitStack() as stack,
-        ThreadPoolExecutor(max_workers=1) as writer,
+        _writer() as writer,
     ):
         # The training loop, order, evaluation and test programs compile on a second
         # thread while this one initialises the first block: one training loop per
@@ -328,7 +328,7 @@ def run_group(
         if while_compiling is not None:
             while_compiling()
         for block in range(blocks):
-            if run.received:
+            if interrupts.agree(run.received):
                 run_tasks()
                 where = f"after block {block}/{blocks} of a group"
                 raise Interrupted(_interrupted(run, where), run.received[0])
@@ -370,9 +370,10 @@ def run_group(
                 if end in period_ends:
                     scores = evaluate_ready.result()(state.params, pool, member)
                 block_run.record(end, scores, nonfinite)
-                if end in save_at or (run.received and end < config.train.num_steps):
+                stop = interrupts.agree(run.received) and end < config.train.num_steps
+                if end in save_at or stop:
                     tasks.append(writer.submit(block_run.save_task(end, state)))
-                if run.received and end < config.train.num_steps:
+                if stop:
                     run_tasks()
                     where = f"at step {end}"
                     raise Interrupted(_interrupted(run, where), run.received[0])
@@ -381,6 +382,31 @@ def run_group(
             tasks.append(writer.submit(finish))
         run_tasks()
     return results
+
+
+class _OnThisThread:
+    """An executor that runs each task at once, on the calling thread."""
+
+    def submit(self, fn: Callable[[], object]) -> Future:
+        future: Future = Future()
+        future.set_result(fn())
+        return future
+
+    def __enter__(self) -> _OnThisThread:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _writer():
+    """Where saves and member files are written: a worker thread, so the device trains
+    on meanwhile; with several processes, this thread, since every process must enter
+    the collectives (gathers, Orbax's barriers) in one order, which two threads would
+    interleave differently on each process."""
+    if jax.process_count() > 1:
+        return _OnThisThread()
+    return ThreadPoolExecutor(max_workers=1)
 
 
 def _interrupted(run: SweepRun, where: str) -> str:
@@ -412,8 +438,7 @@ def run_sweep(
     workdir = workdir_lib.prepare(workdir)
     chief = mesh_lib.is_chief()  # process 0 writes; all take part in checkpoints
     with contextlib.ExitStack() as stack:
-        if chief:
-            stack.enter_context(workdir_lib.lock(workdir))
+        stack.enter_context(workdir_lib.lock(workdir))  # every process agrees
         check_workdir(workdir, config)
         checkpoints.check_data(
             workdir,
@@ -495,7 +520,7 @@ def train_groups(members: list[tuple[dict, ConfigDict]], run: SweepRun) -> list[
             len(indices),
             time.perf_counter() - group_start,
         )
-        if run.received and n + 1 < len(groups):
+        if n + 1 < len(groups) and interrupts.agree(run.received):
             raise Interrupted(
                 _interrupted(run, f"after group {n + 1}/{len(groups)}"),
                 run.received[0],

@@ -29,9 +29,11 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
 LINKS_FILE = "checkpoint_links.json"  # a sweep member's block checkpoints (`link`)
 ITEMS = ("params", "opt_state", "metadata")
-# A resumed run may change these, nothing else: more steps extend it; the mesh is
-# where it runs, not what it computes.
-RESUMABLE_FIELDS = ("train.num_steps", "mesh.shape")
+# Where a run or a sweep runs, not what it computes: the mesh, and how many of a
+# sweep's members share a device.
+LAYOUT_FIELDS = ("mesh.shape", "sweep_block.members_per_device")
+# A resumed run may change these, nothing else: more steps extend it.
+RESUMABLE_FIELDS = ("train.num_steps", *LAYOUT_FIELDS)
 # Where the data was read from: the run's data is identified by its content instead
 # (run_info.json's `content_sha256`, checked by `check_data`), so the same data in a
 # new folder, or the same path spelt another way, is the same run.
@@ -64,19 +66,32 @@ def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
     """Refuses `current` on a workdir whose run was `saved`. The saved config is
     filled onto today's defaults first, so a field added since it was written takes
     its default rather than blocking the resume."""
-    old = _identity(with_defaults(saved).to_dict())
-    new = _identity(current)
-    differing = [
-        f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
-        for k in sorted(old.keys() | new.keys())
-        if old.get(k) != new.get(k)
-    ]
+    differing = differing_fields(saved, current, ignored=RESUMABLE_FIELDS)
     if differing:
         raise UserError(
             f"{workdir} holds a run of another config; differing fields: "
             f"{', '.join(differing)}. Use a new --workdir, or the same config "
             "(only train.num_steps may change, to extend a run)"
         )
+
+
+def differing_fields(old: dict, new: dict, ignored=()) -> list[str]:
+    """'NAME (OLD -> NEW)' for each field two configs differ in, both filled onto
+    today's defaults, leaving out `ignored` and where the data was read from."""
+    skip = (*ignored, *DATA_LOCATION_FIELDS)
+    old_flat, new_flat = (
+        {
+            k: v
+            for k, v in flat_config(with_defaults(c).to_dict()).items()
+            if k not in skip
+        }
+        for c in (old, new)
+    )
+    return [
+        f"{k} ({old_flat.get(k)!r} -> {new_flat.get(k)!r})"
+        for k in sorted(old_flat.keys() | new_flat.keys())
+        if old_flat.get(k) != new_flat.get(k)
+    ]
 
 
 def recorded_data_sha256(workdir: str | os.PathLike) -> str | None:
@@ -164,14 +179,19 @@ class Checkpointer:
             self._manager = ocp.CheckpointManager(
                 self.directory, options=options, item_names=ITEMS
             )
+        self.workdir = Path(workdir)
         self._block_reads = block_reads
         self._blocks: list[Checkpointer] = []
-        self._linked: dict[int, tuple[Checkpointer, int, int]] = {}
+        self._linked: dict[int, tuple[Checkpointer, dict]] = {}
+        self._own_config: dict | None = None
         for entry in read_links(workdir):  # later links win a step
-            block = Checkpointer(_block_dir(workdir, entry), read_only=True)
+            block_dir = _block_dir(workdir, entry)
+            if block_dir is None:  # gone: its steps are missing (`missing_blocks`)
+                continue
+            block = Checkpointer(block_dir, read_only=True)
             self._blocks.append(block)
             for step in block.all_steps():
-                self._linked[step] = (block, entry["index"], entry["members"])
+                self._linked[step] = (block, entry)
 
     def _own_steps(self) -> list[int]:
         return list(self._manager.all_steps()) if self._manager else []
@@ -202,23 +222,21 @@ class Checkpointer:
         """(params, opt_state, metadata) at `step`; None for an item not asked for
         (`params` and `opt_state` are abstract targets)."""
         if step not in self._own_steps() and step in self._linked:
-            block, index, size = self._linked[step]
-            stacked = [
-                None if a is None else _stacked(a, size) for a in (params, opt_state)
-            ]
-
-            def read():
-                return block._restore(step, *stacked, metadata)
-
-            if self._block_reads is None:  # no reads kept: a block may be large
-                p, o, m = read()
-            else:
-                asked = (step, params is not None, opt_state is not None, metadata)
-                p, o, m = self._block_reads.get(block.directory.resolve(), asked, read)
+            block, entry = self._linked[step]
+            saved = self._read_block(block, step, None, None, metadata=True)[2]
+            slots = self._check_slot(block, step, entry, saved)
+            index = entry["index"]
+            p = o = None
+            if params is not None or opt_state is not None:
+                stacked = [
+                    None if a is None else _stacked(a, slots)
+                    for a in (params, opt_state)
+                ]
+                p, o, _ = self._read_block(block, step, *stacked)
             return (
                 None if p is None else _member(p, index, params),
                 None if o is None else _member(o, index, opt_state),
-                None if m is None else m["metadata"][index],
+                saved["metadata"][index] if metadata else None,
             )
         args = {}
         if params is not None:
@@ -231,6 +249,60 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory}")
         restored = self._manager.restore(step, args=self._args.Composite(**args))
         return tuple(restored.get(name) for name in ITEMS)
+
+    def _read_block(
+        self, block: Checkpointer, step: int, params, opt_state, *, metadata=False
+    ):
+        """A block checkpoint's items at `step` (`params` and `opt_state` abstract
+        targets of stacked arrays, or None)."""
+
+        def read():
+            return block._restore(step, params, opt_state, metadata)
+
+        if self._block_reads is None:  # no reads kept: a block may be large
+            return read()
+        asked = (step, params is not None, opt_state is not None, metadata)
+        return self._block_reads.get(block.directory.resolve(), asked, read)
+
+    def _check_slot(self, block: Checkpointer, step: int, entry: dict, saved) -> int:
+        """The number of members `block` stores at `step`, once its slot `entry` names
+        is shown to hold this folder's member: the member the link names, of the sweep
+        it names, trained under this folder's config. A copied member, or one whose
+        sweep was re-run in place, would otherwise read another member's weights."""
+        block_dir = block.directory.parent
+        where = f"{self.workdir}: its checkpoint at step {step} in {block_dir}"
+        names = saved.get("members") if isinstance(saved, dict) else None
+        index = entry["index"]
+        if not isinstance(names, list) or index >= len(names):
+            raise UserError(f"{where} has no slot {index} (see {LINKS_FILE})")
+        found = f"member {names[index]}"
+        sweeps = (entry.get("sweep_id"), saved.get("sweep_id"))
+        if None not in sweeps and sweeps[0] != sweeps[1]:
+            found += " of another sweep"
+        elif entry.get("member", names[index]) != names[index]:
+            pass  # another member of this sweep: `found` says which
+        elif not self._same_config(saved["metadata"][index].get("config")):
+            found += " of another config"
+        else:
+            return int(saved.get("slots", entry["members"]))
+        expected = entry.get("member", self.workdir.name)
+        raise UserError(
+            f"{where} holds {found}, not this folder's member {expected} (see "
+            f"{LINKS_FILE}): was the folder copied from a sweep since re-run in place? "
+            "Keep a member with its own sweep's blocks/ folder, or retrain it"
+        )
+
+    def _same_config(self, saved_config) -> bool:
+        if self._own_config is None:
+            path = self.workdir / CONFIG_FILE
+            self._own_config = writers.read_json(path) if path.is_file() else {}
+        if not self._own_config:  # nothing recorded to compare with
+            return True
+        if not isinstance(saved_config, dict):
+            return False
+        return not differing_fields(
+            saved_config, self._own_config, ignored=RESUMABLE_FIELDS
+        )
 
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
         """(params, opt_state, metadata) at `step`, shaped like `abstract_state`."""
@@ -263,20 +335,32 @@ class Checkpointer:
         self.close()
 
 
+LINK_FIELDS = {"relative": str, "absolute": str, "index": int, "members": int}
+
+
 def link(
-    workdir: str | os.PathLike, block_dir: str | os.PathLike, index: int, size: int
+    workdir: str | os.PathLike,
+    block_dir: str | os.PathLike,
+    index: int,
+    size: int,
+    *,
+    member: str,
+    sweep_id: str,
 ):
-    """Records in `workdir` (a sweep member's folder) that its checkpoints are member
-    `index` of the `size` members in `block_dir`'s checkpoints: a sweep saves a block
-    of members in one Orbax checkpoint per step, since each save costs ~50 ms of
-    Orbax's own work whatever its size. The path is kept relative (the sweep may move)
-    and absolute (the member folder may be copied out alone)."""
+    """Records in `workdir` (a sweep member's folder) that its checkpoints are slot
+    `index` of the `size` in `block_dir`'s checkpoints, holding `member` of sweep
+    `sweep_id` (checked on every read): a sweep saves a block of members in one Orbax
+    checkpoint per step, since each save costs Orbax the same work whatever its
+    size. The path is kept relative (the sweep may move) and absolute (the member
+    folder may be copied out alone)."""
     workdir, block_dir = Path(workdir).absolute(), Path(block_dir).absolute()
     entry = {
         "relative": os.path.relpath(block_dir, workdir),
         "absolute": str(block_dir),
         "index": index,
         "members": size,
+        "member": member,
+        "sweep_id": sweep_id,
     }
     links = read_links(workdir)
     same = ("relative", "index", "members")
@@ -285,19 +369,44 @@ def link(
 
 
 def read_links(workdir: str | os.PathLike) -> list[dict]:
+    """`LINKS_FILE`'s entries, each checked (a one-line `UserError` naming the file)."""
     path = Path(workdir) / LINKS_FILE
-    return json.loads(path.read_text()) if path.is_file() else []
+    if not path.is_file():
+        return []
+    links = writers.read_json(path, list)
+    for number, entry in enumerate(links):
+        problem = _link_problem(entry)
+        if problem:
+            raise UserError(f"{path}: entry {number}: {problem}")
+    return links
 
 
-def _block_dir(workdir: str | os.PathLike, entry: dict) -> Path:
+def _link_problem(entry) -> str | None:
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    for key, kind in LINK_FIELDS.items():
+        value = entry.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{key!r} is missing or not {kind.__name__}"
+    if not 0 <= entry["index"] < entry["members"]:
+        return f"index {entry['index']} is not one of the block's {entry['members']}"
+    return None
+
+
+def _block_dir(workdir: str | os.PathLike, entry: dict) -> Path | None:
+    """The linked block's folder, by its relative then its absolute path; None when
+    neither holds checkpoints."""
     for block_dir in (Path(workdir) / entry["relative"], Path(entry["absolute"])):
         if (block_dir / CHECKPOINT_DIR).is_dir():
             return block_dir
-    raise UserError(
-        f"{workdir}: its checkpoints are in its sweep's {entry['relative']} (see "
-        f"{LINKS_FILE}), which is not there; keep the member folder in its sweep, or "
-        "copy the sweep's blocks/ folder with it"
-    )
+    return None
+
+
+def missing_blocks(workdir: str | os.PathLike) -> list[str]:
+    """The linked blocks (`LINKS_FILE`, as absolute paths) that are not there."""
+    return [
+        e["absolute"] for e in read_links(workdir) if _block_dir(workdir, e) is None
+    ]
 
 
 def _stacked(abstract, size: int):
@@ -356,7 +465,7 @@ def read_config(workdir: str | os.PathLike) -> ConfigDict:
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{workdir}: no {CONFIG_FILE}; is it a mnist_jax workdir?")
-    return with_defaults(json.loads(path.read_text()))
+    return with_defaults(writers.read_json(path))
 
 
 def available_steps(workdir: str | os.PathLike) -> list[int]:
@@ -371,14 +480,22 @@ def check_step(
     """`step`, or the latest when None; a one-line error names the steps that exist
     (`steps`, when the caller has listed them already)."""
     steps = available_steps(workdir) if steps is None else steps
+    missing = missing_blocks(workdir)
+    gone = (
+        f"; the sweep checkpoints it links are not there ({', '.join(missing)}: "
+        "see its checkpoint_links.json)"
+        if missing
+        else ""
+    )
     if not steps:
-        raise UserError(f"{workdir}: no checkpoints (run mnist_jax.main on it first)")
+        hint = gone or " (run mnist_jax.main on it first)"
+        raise UserError(f"{workdir}: no checkpoints{hint}")
     if step is None:
         return steps[-1]
     if step not in steps:
         raise UserError(
             f"{workdir}: no checkpoint at step {step}; available: "
-            f"{', '.join(map(str, steps))}"
+            f"{', '.join(map(str, steps))}{gone}"
         )
     return step
 

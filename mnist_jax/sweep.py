@@ -28,6 +28,7 @@ import math
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -237,6 +238,7 @@ class SweepRun:
     run_info: dict  # each member folder's run_info.json
     received: list[int]  # signals caught by `interrupts.deferred`
     hparams: list[dict]  # each member's swept values, by member index
+    sweep_id: str  # recorded with every block save and member link: whose they are
     save: bool = True  # member checkpoints (off only to measure what they cost)
 
 
@@ -268,6 +270,8 @@ def run_group(
     configs = configs + [configs[-1]] * padding
     folders = [sweep_members.folder(run.workdir, i) for i in indices]
     folders += [folders[-1]] * padding
+    for c, f in zip(configs, folders[:num_real], strict=False):
+        sweep_members.check_own(f, checkpoints.recorded_config(c, run.source))
     finished = [sweep_members.finished(f) for f in folders[:num_real]]
     if all(finished):  # nothing to compile
         names = ", ".join(f.name for f in folders[:num_real])
@@ -450,6 +454,7 @@ def run_sweep(
             "data": host.fingerprint(),
             **workdir_lib.environment(),
             "mesh": mesh_lib.describe(device_mesh),
+            "sweep_id": sweep_id(workdir),
         }
         if chief:
             stack.enter_context(workdir_lib.log_file(workdir))
@@ -465,6 +470,7 @@ def run_sweep(
             run_info,
             received,
             [h for h, _ in members],
+            run_info["sweep_id"],
             save,
         )
         rows = train_groups(members, run)
@@ -486,6 +492,17 @@ def run_sweep(
             writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
         log_report(report)
     return rows
+
+
+def sweep_id(workdir: Path) -> str:
+    """The sweep's identity, recorded in its run_info.json when it first starts, the
+    same on every process: moved or renamed, a sweep keeps it; a new sweep in the
+    same folder name gets another."""
+    path = workdir / workdir_lib.RUN_INFO_FILE
+    recorded = writers.read_json(path).get("sweep_id") if path.is_file() else None
+    if not isinstance(recorded, str) or not recorded:
+        recorded = uuid.uuid4().hex
+    return workdir_lib.from_process_zero(recorded)
 
 
 def train_groups(members: list[tuple[dict, ConfigDict]], run: SweepRun) -> list[dict]:
@@ -528,9 +545,9 @@ def train_groups(members: list[tuple[dict, ConfigDict]], run: SweepRun) -> list[
     return rows
 
 
-# A sweep may be resumed on another mesh (where it runs, not what it computes); data
+# A sweep may be resumed on another layout (where it runs, not what it computes); data
 # is identified by content (`checkpoints.check_data`), not by where it was read.
-RESUMABLE_FIELDS = ("mesh.shape", *checkpoints.DATA_LOCATION_FIELDS)
+RESUMABLE_FIELDS = (*checkpoints.LAYOUT_FIELDS, *checkpoints.DATA_LOCATION_FIELDS)
 
 
 def identity(saved: dict) -> dict:
@@ -547,7 +564,7 @@ def check_workdir(workdir: Path, config: ConfigDict) -> None:
     config (naming the differing fields); a folder of this sweep is resumed."""
     path = workdir / workdir_lib.CONFIG_FILE
     single = (workdir / checkpoints.CHECKPOINT_DIR).is_dir()
-    saved = json.loads(path.read_text()) if path.is_file() else None
+    saved = writers.read_json(path) if path.is_file() else None
     if single or (saved is not None and "sweep" not in saved):
         raise UserError(
             f"{workdir} holds a single run, not a sweep; use a new --workdir"

@@ -12,7 +12,6 @@ block costs 4% (docs/performance.md)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ from jax.sharding import SingleDeviceSharding
 from mnist_jax import checkpoints, metrics, steps, train, writers
 from mnist_jax import mesh as mesh_lib
 from mnist_jax import workdir as workdir_lib
+from mnist_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,16 @@ def folder(workdir: str | os.PathLike, index: int) -> Path:
     return Path(workdir) / MEMBERS_DIR / str(index)
 
 
-def block_folder(workdir: str | os.PathLike, member_dirs: Sequence[Path]) -> Path:
-    """`SWEEP/blocks/m<first>-n<count>/`: the checkpoints of a block of members. A
-    block is a run of consecutive members of a group, so its first member and size
-    name it, on any mesh (a resume on another mesh forms other blocks)."""
-    return Path(workdir) / BLOCKS_DIR / f"m{member_dirs[0].name}-n{len(member_dirs)}"
+def block_folder(
+    workdir: str | os.PathLike, member_dirs: Sequence[Path], slots: int
+) -> Path:
+    """`SWEEP/blocks/m<first>-n<count>-s<slots>/`: the checkpoints of a block of
+    members. A block is a run of consecutive members of a group, padded to `slots`
+    (copies of its last member) to divide over the devices, so these three numbers
+    say what it holds: a resume on another layout, which forms other blocks or pads
+    them otherwise, saves into other folders and never reshapes one."""
+    name = f"m{member_dirs[0].name}-n{len(member_dirs)}-s{slots}"
+    return Path(workdir) / BLOCKS_DIR / name
 
 
 def write_start(member_dir: Path, recorded_config: dict, run_info: dict) -> None:
@@ -65,12 +70,47 @@ def metadata(config, step: int, history: list[dict], train_seconds: float) -> di
     }
 
 
+def check_own(member_dir: Path, recorded_config: dict) -> None:
+    """Refuses, in one line, a member folder changed outside the sweep: its config.json
+    (or results.json) says another config than the sweep's member `recorded_config`,
+    e.g. it was extended as a single run. Its numbers would otherwise be mixed into
+    sweep.csv among the other members'."""
+    path = member_dir / workdir_lib.CONFIG_FILE
+    if not path.is_file():
+        return
+    differing = checkpoints.differing_fields(
+        writers.read_json(path), recorded_config, ignored=checkpoints.LAYOUT_FIELDS
+    )
+    results = member_dir / workdir_lib.RESULTS_FILE
+    if not differing and results.is_file():
+        steps = writers.read_json(results).get("num_steps")
+        if steps != recorded_config["train"]["num_steps"]:
+            expected = recorded_config["train"]["num_steps"]
+            differing = [f"results.json's num_steps ({expected!r} -> {steps!r})"]
+    if differing:
+        raise UserError(
+            f"{member_dir} was changed outside the sweep: {', '.join(differing)}. "
+            "Move it out of the sweep (it is a single run) to train the member again, "
+            "or use a new --workdir"
+        )
+
+
+RESULT_TYPES = {"num_steps": int, "train_seconds": float, "warnings": list}
+
+
 def finished(member_dir: Path) -> dict | None:
     """A finished member's result row (its results.json and history), else None."""
     path = member_dir / workdir_lib.RESULTS_FILE
     if not path.is_file():
         return None
-    results = json.loads(path.read_text())
+    results = writers.read_json(path)
+    expected = {k: float for k in metrics.keys("val", "test")} | RESULT_TYPES
+    for key, kind in expected.items():
+        value = results.get(key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if not isinstance(value, kind):
+            raise UserError(f"{path}: {key!r} is missing or not {kind.__name__}")
     return {**results, "history": writers.read_metrics(member_dir)}
 
 
@@ -107,8 +147,11 @@ def restore(
     """The members' states at `step`, stacked on a leading axis (on the host), and each
     member's checkpoint metadata."""
     states, metadatas = [], []
+    reads = checkpoints.BlockReads()  # members of one block read it once
     for member_dir in member_dirs:
-        with checkpoints.Checkpointer(member_dir, read_only=True) as checkpointer:
+        with checkpoints.Checkpointer(
+            member_dir, read_only=True, block_reads=reads
+        ) as checkpointer:
             params, opt_state, meta = checkpointer.restore(step, abstract)
         states.append((params, opt_state))
         metadatas.append(meta)
@@ -139,7 +182,7 @@ class MemberBlock:
         self.pending_nonfinite: list = []
         self.start, self.seconds_before = 0, 0.0
         self.clock = time.perf_counter()
-        self.block_dir = block_folder(run.workdir, folders[:num_real])
+        self.block_dir = block_folder(run.workdir, folders[:num_real], len(folders))
         self.checkpointer = None
         if run.save:
             self.checkpointer = stack.enter_context(
@@ -156,7 +199,14 @@ class MemberBlock:
                 write_start(f, recorded, self.run.run_info)
         if self.chief and self.checkpointer:  # before the block's first save
             for i, f in enumerate(real):
-                checkpoints.link(f, self.block_dir, i, len(self.folders))
+                checkpoints.link(
+                    f,
+                    self.block_dir,
+                    i,
+                    len(self.folders),
+                    member=f.name,
+                    sweep_id=self.run.sweep_id,
+                )
         if step is None:
             return state
         program = train.make_program(self.config)
@@ -223,7 +273,12 @@ class MemberBlock:
                 meta["nonfinite_step"] = int(self.nonfinite[i])
                 metadatas.append(meta)
             names = [f.name for f in self.folders[: self.num_real]]
-            block_metadata = {"members": names, "metadata": metadatas}
+            block_metadata = {
+                "members": names,
+                "metadata": metadatas,
+                "slots": len(self.folders),  # the stored arrays' leading axis
+                "sweep_id": self.run.sweep_id,
+            }
             self.checkpointer.save(step, copy, block_metadata)
 
         return save

@@ -52,7 +52,7 @@ def lock(workdir: Path) -> Iterator[None]:
             handle = _acquire(workdir)
         except UserError as e:
             problem = str(e)
-    problem = _from_process_zero(problem)
+    problem = from_process_zero(problem)
     if problem:
         if handle is not None:
             handle.close()
@@ -96,7 +96,7 @@ def _acquire(workdir: Path):
     return handle
 
 
-def _from_process_zero(message: str, size: int = 1024) -> str:
+def from_process_zero(message: str, size: int = 1024) -> str:
     """Process 0's `message`, on every process (a no-op for a single process)."""
     if jax.process_count() == 1:
         return message

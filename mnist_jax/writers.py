@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mnist_jax.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -37,11 +39,57 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
 
 
+def read_json(path: str | os.PathLike, expected: type = dict) -> Any:
+    """A JSON file the project wrote, read back: a file that is not JSON, or whose top
+    level is not `expected`, is a one-line `UserError` naming it (it was edited, cut
+    short or replaced), never a traceback."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, expected):
+        raise UserError(
+            f"{path}: expected a JSON {_JSON_NAMES[expected]}, found "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+_JSON_NAMES = {dict: "object", list: "array"}
+
+
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """metrics.jsonl's rows, each checked: a JSON object with an integer `step` and
+    numbers (a NaN or inf written as a string)."""
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{path}, line {number}: not valid JSON ({e})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise UserError(f"{path}, line {number}: not a row with an integer step")
+        for name, value in row.items():
+            if not _is_number(value):
+                raise UserError(
+                    f"{path}, line {number}: {name}={value!r} is not a number"
+                )
+        rows.append(row)
+    return rows
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, str):  # `_plain`'s spelling of NaN and inf
+        return value in ("nan", "inf", "-inf")
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def rewrite_metrics(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> None:

@@ -1,3 +1,4 @@
+import functools
 import json
 import re
 import shutil
@@ -187,8 +188,8 @@ def test_a_member_folder_reads_its_slice_of_the_linked_block_checkpoints(tmp_pat
     """A sweep member's folder reads its member of its blocks' checkpoints as its own:
     every linked block's steps (a later link wins a step), its own checkpoints over
     both; the block is found by its relative path when the whole sweep moves, by its
-    absolute one when the member folder is copied out alone, and a block found by
-    neither is named in one line."""
+    absolute one when the member folder is copied out alone; with a block found by
+    neither, its own steps still read and the missing ones are named in one line."""
     config = _config(num_steps=20)
     _, state, _ = train.init_run(config, data.load(config.data))
 
@@ -200,18 +201,23 @@ def test_a_member_folder_reads_its_slice_of_the_linked_block_checkpoints(tmp_pat
 
     sweep, member = tmp_path / "sweep", tmp_path / "sweep" / "members" / "4"
     member.mkdir(parents=True)
-    for name, offset, saves in (("a", 0.0, (5, 10)), ("b", 100.0, (10, 20))):
+    blocks = (("a", 0.0, (5, 10), 1), ("b", 100.0, (10, 20), 2))
+    for name, offset, saves, slot in blocks:  # member 4 in slot 1, then slot 2
         with checkpoints.Checkpointer(sweep / "blocks" / name, saves) as block:
             for step in saves:
                 metadata = {
+                    "members": [str(4 - slot + i) for i in range(3)],
                     "metadata": [
                         {"step": step, "block": name, "i": i} for i in range(3)
-                    ]
+                    ],
+                    "slots": 3,
+                    "sweep_id": "s1",
                 }
                 block.save(step, block_state(offset), metadata)
-    checkpoints.link(member, sweep / "blocks" / "a", 1, 3)
-    checkpoints.link(member, sweep / "blocks" / "b", 2, 3)
-    checkpoints.link(member, sweep / "blocks" / "b", 2, 3)  # said twice, kept once
+    link = functools.partial(checkpoints.link, member=member.name, sweep_id="s1")
+    link(member, sweep / "blocks" / "a", 1, 3)
+    link(member, sweep / "blocks" / "b", 2, 3)
+    link(member, sweep / "blocks" / "b", 2, 3)  # said twice, kept once
     assert len(checkpoints.read_links(member)) == 2
     with checkpoints.Checkpointer(member) as own:
         own.save(20, block_state(1000.0, size=1), {"step": 20, "own": True})
@@ -250,10 +256,12 @@ def test_a_member_folder_reads_its_slice_of_the_linked_block_checkpoints(tmp_pat
     moved = tmp_path / "moved"  # the whole sweep moved: the relative path
     sweep.rename(moved)
     assert read(moved / "members" / "4")[0] == saved
+    assert checkpoints.available_steps(copied) == [20]  # its own, the sweep gone
     with pytest.raises(
-        UserError, match=r"blocks/a \(see checkpoint_links.json\), which is not there"
+        UserError,
+        match=rf"available: 20; the sweep checkpoints it links are not there \({sweep}/blocks/a, {sweep}/blocks/b:",
     ):
-        checkpoints.available_steps(copied)
+        checkpoints.check_step(copied, 5)
 
 
 def test_block_reads_keep_every_step_of_the_latest_blocks():

@@ -8,6 +8,7 @@ model, or `jax.eval_shape` of a run's initial params).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -236,7 +237,8 @@ class Checkpointer:
             return (
                 None if p is None else _member(p, index, params),
                 None if o is None else _member(o, index, opt_state),
-                saved["metadata"][index] if metadata else None,
+                # A copy: the read may be kept (`BlockReads`) for other members.
+                copy.deepcopy(saved["metadata"][index]) if metadata else None,
             )
         args = {}
         if params is not None:

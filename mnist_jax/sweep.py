@@ -60,7 +60,9 @@ from mnist_jax import mesh as mesh_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import ConfigError, Interrupted, UserError
 
-log = logging.getLogger(__name__)
+# By name: run as `python -m mnist_jax.sweep`, `__name__` is "__main__", whose lines
+# would miss the "mnist_jax" logger that writes train.log.
+log = logging.getLogger("mnist_jax.sweep")
 
 # Per-member values that are arrays inside the compiled program; any other axis
 # changes shapes or static structure and so starts a new group.

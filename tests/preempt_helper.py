@@ -1,8 +1,13 @@
-"""`python -m mnist_jax.main` that, given a step, sends itself SIGTERM once that step's
-period has been logged: a preemption notice reaching one process of a multi-host run,
-at a known step. Used by test_interrupts.py.
+"""A command line that, given a step, sends itself SIGTERM once it has trained to that
+step: a preemption notice reaching one process of a multi-host run (or of a sweep on
+one layout, to be resumed on another), at a known step. Used by test_interrupts.py and
+test_sweep_processes.py.
 
-    python tests/preempt_helper.py STEP MAIN_FLAGS...   (STEP 0: no signal)
+    python tests/preempt_helper.py mnist_jax.main STEP FLAGS...         (STEP 0: none)
+    python tests/preempt_helper.py mnist_jax.sweep STEP@MEMBER FLAGS...
+
+A single run is signalled once STEP's period is logged; a sweep once the block whose
+first member is MEMBER has recorded its chunk ending at STEP.
 """
 
 import os
@@ -13,22 +18,40 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnist_jax import loop  # noqa: E402
+from mnist_jax import loop, sweep_members  # noqa: E402
+
+
+def signal_single_run(step: int) -> None:
+    log_period = loop.log_period
+
+    def log_then_signal(at, *args):
+        log_period(at, *args)
+        if at == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    loop.log_period = log_then_signal
+
+
+def signal_sweep(step: int, member: str) -> None:
+    record = sweep_members.MemberBlock.record
+
+    def record_then_signal(self, end, *args):
+        record(self, end, *args)
+        if end == step and self.folders[0].name == member:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sweep_members.MemberBlock.record = record_then_signal
 
 
 def main():
-    step = int(sys.argv[1])
-    sys.argv = ["mnist_jax.main", *sys.argv[2:]]
-    if step:
-        log_period = loop.log_period
-
-        def log_then_signal(at, *args):
-            log_period(at, *args)
-            if at == step:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        loop.log_period = log_then_signal
-    runpy.run_module("mnist_jax.main", run_name="__main__", alter_sys=True)
+    module, when = sys.argv[1], sys.argv[2]
+    sys.argv = [module, *sys.argv[3:]]
+    step, _, member = when.partition("@")
+    if member:
+        signal_sweep(int(step), member)
+    elif int(step):
+        signal_single_run(int(step))
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

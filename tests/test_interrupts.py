@@ -33,6 +33,7 @@ def _two_processes(workdir, signal_step=(0, 0), args=RUN):
     started = [
         processes.start(
             processes.REPO / "tests" / "preempt_helper.py",
+            "mnist_jax.main",
             str(signal_step[i]),
             *args,
             f"--workdir={workdir}",

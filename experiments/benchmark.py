@@ -66,8 +66,12 @@ _DATA_DIR = flags.DEFINE_string(
     "data_dir", "../shared/data/mnist", "Notebook data folder."
 )
 _OUT = flags.DEFINE_string("out", "runs/benchmark", "Output folder.")
-_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps per measurement.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats; the median is reported.")
+_STEPS = flags.DEFINE_integer(
+    "steps", 1000, "Training steps per measurement.", lower_bound=1
+)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "Repeats; the median is reported.", lower_bound=1
+)
 _SWEEP_1024 = flags.DEFINE_bool(
     "sweep_1024",
     None,

@@ -15,9 +15,13 @@ from absl import flags
 from mnist_jax import cli, reports
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.", required=True)
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+_STEP = flags.DEFINE_integer(
+    "step", None, "Checkpoint step; default: the latest.", lower_bound=0
+)
 _SPLIT = flags.DEFINE_enum("split", "val", ["val", "test"], "Which examples to score.")
-_PAIRS = flags.DEFINE_integer("pairs", 5, "How many confused pairs to list.")
+_PAIRS = flags.DEFINE_integer(
+    "pairs", 5, "How many confused pairs to list.", lower_bound=0
+)
 _OUT = flags.DEFINE_string("out", None, "Output folder; default WORKDIR/analysis.")
 _DATA_PATH = flags.DEFINE_string(
     "data_path", None, "Folder with the run's data, if moved since training."

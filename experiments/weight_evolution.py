@@ -20,7 +20,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.", required=Tru
 _STEPS = flags.DEFINE_list(
     "steps", None, "Checkpoint steps; default: the run's kept steps."
 )
-_UNITS = flags.DEFINE_integer("units", 12, "First-layer units to draw.")
+_UNITS = flags.DEFINE_integer("units", 12, "First-layer units to draw.", lower_bound=1)
+flags.register_validator(
+    "steps",
+    lambda steps: steps is None or all(s.strip().isdigit() for s in steps),
+    "--steps must be checkpoint steps (non-negative integers), e.g. 10,100,1000",
+)
 _OUT = flags.DEFINE_string("out", None, "Output folder; default WORKDIR/analysis.")
 _DATA_PATH = flags.DEFINE_string(
     "data_path", None, "Folder with the run's data, if moved since training."

@@ -99,10 +99,15 @@ def recorded_data_sha256(workdir: str | os.PathLike) -> str | None:
     """The `content_sha256` of the data the run in `workdir` was trained on, from its
     run_info.json; None for a workdir that recorded none."""
     path = Path(workdir) / workdir_lib.RUN_INFO_FILE
-    try:
-        return json.loads(path.read_text())["data"]["content_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+    if not path.is_file():
         return None
+    data = writers.read_json(path).get("data", {})
+    sha256 = data.get("content_sha256") if isinstance(data, dict) else data
+    if sha256 is None:  # a workdir from before data was recorded
+        return None
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        raise UserError(f"{path}: data.content_sha256 is not a sha256 ({sha256!r})")
+    return sha256
 
 
 def check_data(workdir: str | os.PathLike, host, remedy: str) -> None:

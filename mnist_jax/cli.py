@@ -106,7 +106,7 @@ def config_arg(argv: list[str]) -> str | None:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, with bad flags, overrides and config files reported in one line."""
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
     except flags.Error as e:
         # Without --config, absl blames the first override (`--config.data.path` is
         # defined only by loading a config file) or says the value is None.
@@ -139,6 +139,14 @@ def parse_flags(argv: list[str]) -> list[str]:
         if debug_requested(argv):
             raise
         fail(f"cannot load --config: {type(e).__name__}: {e}")
+    if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+        from mnist_jax import config_files
+
+        try:
+            config_files.check_loaded(flags.FLAGS.config, config_arg(argv))
+        except UserError as e:
+            fail(str(e))
+    return remaining
 
 
 def on_console(record: logging.LogRecord) -> bool:

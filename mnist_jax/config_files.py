@@ -35,7 +35,20 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
         raise ConfigError(f"config file {found} defines no get_config(arg=None)")
-    return get_config() if arg is None else get_config(arg)
+    return check_loaded(get_config() if arg is None else get_config(arg), spec)
+
+
+def check_loaded(config, spec: str | None):
+    """`config`, what a config file's `get_config` returned, if it is a `ConfigDict`:
+    anything else (a plain dict, None) is a one-line `ConfigError` naming the file,
+    not a `KeyError` further on."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"config file {spec}: get_config() returned {type(config).__name__}, not an "
+            "ml_collections.ConfigDict (build it with "
+            "mnist_jax.config_schema.default_config())"
+        )
+    return config
 
 
 def _split(spec: str) -> tuple[Path, str | None]:

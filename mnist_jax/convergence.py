@@ -4,7 +4,6 @@ notebook's question, "how good is each learning rate after 10, 100, 1000 steps?"
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def member_rows(
     config_path = workdir / workdir_lib.CONFIG_FILE
     if not table.is_file() or not config_path.is_file():
         raise UserError(f"{workdir}: no sweep.csv; is it a finished sweep's folder?")
-    saved = json.loads(config_path.read_text())
+    saved = writers.read_json(config_path)
     axes = list(saved_axes(saved.get("sweep") or {}))
     members = startup.pandas().read_csv(table).to_dict("records")
     rows, shared = [], analysis.Shared()  # data and block checkpoints read once

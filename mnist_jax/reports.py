@@ -9,7 +9,6 @@ run's is refused in one line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -172,7 +171,7 @@ def compare_runs(
         results_path = run.workdir / "results.json"
         if not results_path.is_file():
             raise UserError(f"{run.workdir}: no results.json (did the run finish?)")
-        results = json.loads(results_path.read_text())
+        results = writers.read_results(results_path)
         rows.append(
             {
                 "run": name,

@@ -83,7 +83,7 @@ def check_own(member_dir: Path, recorded_config: dict) -> None:
     )
     results = member_dir / workdir_lib.RESULTS_FILE
     if not differing and results.is_file():
-        steps = writers.read_json(results).get("num_steps")
+        steps = writers.read_results(results)["num_steps"]
         if steps != recorded_config["train"]["num_steps"]:
             expected = recorded_config["train"]["num_steps"]
             differing = [f"results.json's num_steps ({expected!r} -> {steps!r})"]
@@ -95,22 +95,12 @@ def check_own(member_dir: Path, recorded_config: dict) -> None:
         )
 
 
-RESULT_TYPES = {"num_steps": int, "train_seconds": float, "warnings": list}
-
-
 def finished(member_dir: Path) -> dict | None:
     """A finished member's result row (its results.json and history), else None."""
     path = member_dir / workdir_lib.RESULTS_FILE
     if not path.is_file():
         return None
-    results = writers.read_json(path)
-    expected = {k: float for k in metrics.keys("val", "test")} | RESULT_TYPES
-    for key, kind in expected.items():
-        value = results.get(key)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if not isinstance(value, kind):
-            raise UserError(f"{path}: {key!r} is missing or not {kind.__name__}")
+    results = writers.read_results(path)
     return {**results, "history": writers.read_metrics(member_dir)}
 
 

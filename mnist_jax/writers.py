@@ -61,6 +61,25 @@ def read_json(path: str | os.PathLike, expected: type = dict) -> Any:
 _JSON_NAMES = {dict: "object", list: "array"}
 
 
+RESULT_TYPES = {"num_steps": int, "train_seconds": float, "warnings": list}
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """A results.json, checked: every metric on validation and test a number, and
+    `RESULT_TYPES`' fields of their types."""
+    from mnist_jax import metrics
+
+    results = read_json(path)
+    expected = {k: float for k in metrics.keys("val", "test")} | RESULT_TYPES
+    for key, kind in expected.items():
+        value = results.get(key)
+        if kind is float and _is_number(value):
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UserError(f"{path}: {key!r} is missing or not {kind.__name__}")
+    return results
+
+
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """metrics.jsonl's rows, each checked: a JSON object with an integer `step` and
     numbers (a NaN or inf written as a string)."""

@@ -1,0 +1,114 @@
+"""Every file the project reads back is checked: config.json, run_info.json,
+metrics.jsonl, results.json (checkpoint_links.json: test_member_identity.py) and what
+a config file's get_config() returns. Malformed, each is one `error:` line naming the
+file, exit code 2, and nothing in the workdir changed; every analysis flag is checked
+as the training flags are."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests import processes
+from tests.conftest import copy_workdir
+from tests.test_bad_input import _snapshot
+
+WEIGHT_EVOLUTION = processes.REPO / "experiments" / "weight_evolution.py"
+CONFUSION_MATRIX = processes.REPO / "experiments" / "confusion_matrix.py"
+COMPARE_MODELS = processes.REPO / "experiments" / "compare_models.py"
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), last
+    for fragment in fragments:
+        assert fragment in last, last
+    return last
+
+
+@pytest.mark.parametrize(
+    "name, text, problem",
+    [
+        ("config.json", "{", "not valid JSON"),
+        ("config.json", "[1, 2]", "expected a JSON object, found list"),
+        ("run_info.json", "null", "expected a JSON object, found NoneType"),
+        ("run_info.json", '{"data": {"content_sha256": 7}}', "is not a sha256"),
+        ("metrics.jsonl", '{"step": 10}\n{"step": "x"}\n', "line 2: not a row"),
+        ("metrics.jsonl", '{"step": 10, "val/accuracy": [1]}\n', "is not a number"),
+        ("results.json", '{"val/accuracy": 0.9}', "'val/log_loss' is missing"),
+    ],
+)
+def test_a_malformed_workdir_file_is_one_line_naming_it(
+    mlp_smoke_run, tmp_path, name, text, problem
+):
+    workdir = copy_workdir(mlp_smoke_run, tmp_path / "run")
+    (workdir / name).write_text(text)
+    before = _snapshot(workdir)
+    result = processes.run(
+        COMPARE_MODELS, f"--workdirs={workdir}", f"--out={tmp_path / 'out'}"
+    )
+    _one_line_error(result, f"{workdir / name}", problem)
+    assert _snapshot(workdir) == before
+
+
+def test_a_malformed_config_json_refuses_a_resume_untouched(mlp_smoke_run, tmp_path):
+    workdir = copy_workdir(mlp_smoke_run, tmp_path / "run")
+    (workdir / "run_info.json").write_text("{")
+    before = _snapshot(workdir)
+    result = processes.run(
+        "mnist_jax.main", "--config=configs/mlp.py:smoke", f"--workdir={workdir}"
+    )
+    _one_line_error(result, f"{workdir / 'run_info.json'}: not valid JSON")
+    assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("module", ["mnist_jax.main", "mnist_jax.sweep"])
+@pytest.mark.parametrize("body, found", [("{'seed': 0}", "dict"), ("None", "NoneType")])
+def test_a_config_file_returning_no_config_dict_is_one_line(
+    tmp_path, module, body, found
+):
+    path = tmp_path / "plain.py"
+    path.write_text(f"def get_config(arg=None):\n    return {body}\n")
+    result = processes.run(module, f"--config={path}", f"--workdir={tmp_path / 'w'}")
+    _one_line_error(
+        result, f"config file {path}: get_config() returned {found}, not an"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_load_config_refuses_what_is_not_a_config_dict(tmp_path):
+    from mnist_jax import config_files
+    from mnist_jax.errors import ConfigError
+
+    path = tmp_path / "plain.py"
+    path.write_text("def get_config(arg=None):\n    return {'seed': 0}\n")
+    with pytest.raises(ConfigError, match="get_config\\(\\) returned dict"):
+        config_files.load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        (WEIGHT_EVOLUTION, ["--units=-3"], "--units=-3"),
+        (WEIGHT_EVOLUTION, ["--units=0"], "--units=0"),
+        (WEIGHT_EVOLUTION, ["--steps=10,x"], "--steps must be checkpoint steps"),
+        (CONFUSION_MATRIX, ["--step=-1"], "--step=-1"),
+        (CONFUSION_MATRIX, ["--pairs=-2"], "--pairs=-2"),
+        (CONFUSION_MATRIX, ["--split=train"], "--split"),
+    ],
+)
+def test_analysis_flags_are_checked(mlp_smoke_run, script, args, message):
+    result = processes.run(script, f"--workdir={mlp_smoke_run.workdir}", *args)
+    _one_line_error(result, message)
+
+
+def test_sweep_member_results_are_checked(tmp_path):
+    from mnist_jax import sweep_members
+    from mnist_jax.errors import UserError
+
+    member = Path(tmp_path)
+    (member / "results.json").write_text(json.dumps({"num_steps": 20}))
+    with pytest.raises(UserError, match="results.json: 'val/accuracy' is missing"):
+        sweep_members.finished(member)

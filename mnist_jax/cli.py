@@ -18,12 +18,33 @@ from mnist_jax.errors import Interrupted, UserError
 flags.DEFINE_bool(
     "debug", False, "Show tracebacks for errors (also MNIST_JAX_DEBUG=1)."
 )
-_CACHE = flags.DEFINE_string(
-    "compilation_cache_dir",
-    os.environ.get("MNIST_JAX_COMPILATION_CACHE", ""),
-    "Opt-in persistent XLA compilation cache: repeated runs skip compiling. "
-    "Default: $MNIST_JAX_COMPILATION_CACHE, else off.",
+_CACHE = flags.DEFINE_bool(
+    "compilation_cache",
+    True,
+    "Keep compiled programs on disk, so a repeated run, or a preempted sweep "
+    "restarting, skips compiling (--nocompilation_cache: off).",
 )
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir",
+    None,
+    "Where compiled programs are kept. Default: $MNIST_JAX_COMPILATION_CACHE, else "
+    "JAX's own $JAX_COMPILATION_CACHE_DIR, else the per-user cache folder's xla/ "
+    "(~/.cache/mnist_jax/xla, or under $MNIST_JAX_CACHE or $XDG_CACHE_HOME).",
+)
+
+
+def compilation_cache_dir() -> str | None:
+    """The persistent compilation cache the flags ask for (None: off)."""
+    if not _CACHE.value:
+        return None
+    if _CACHE_DIR.value:
+        return _CACHE_DIR.value
+    for variable in ("MNIST_JAX_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    from mnist_jax import download
+
+    return str(download.cache_dir() / "xla")
 
 
 _COORDINATOR = flags.DEFINE_string(
@@ -170,8 +191,7 @@ def run(main: Callable[[list[str]], None]) -> None:
             logging.getLogger(chatty).setLevel(logging.WARNING)
         for handler in logging.getLogger().handlers:
             handler.addFilter(on_console)
-        if _CACHE.value:
-            startup.enable_persistent_cache(_CACHE.value)
+        startup.use_persistent_cache(compilation_cache_dir())
         init_distributed()
         try:
             main(argv)

@@ -105,11 +105,25 @@ def _import_matplotlib() -> None:
     import matplotlib.figure  # noqa: F401
 
 
-def enable_persistent_cache(path: str) -> None:
-    """Opt-in: keep compiled programs in `path`, so a repeated run skips compilation."""
+def use_persistent_cache(path: str | None) -> None:
+    """Keeps compiled programs in `path` (None: in none), so a repeated run or a
+    restarted sweep loads them instead of compiling: every program, however quick to
+    compile, since a run's few programs are each under a second. The command lines
+    call this; a notebook may too."""
+    if path is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def persistent_cache() -> str | None:
+    """The folder compiled programs are kept in, None when off (for run_info.json)."""
+    if not jax.config.jax_enable_compilation_cache:
+        return None
+    return jax.config.jax_compilation_cache_dir or None
 
 
 def exit_without_teardown(code: int = 0) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from mnist_jax import startup
 from mnist_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -151,4 +152,6 @@ def environment() -> dict:
         "process_count": jax.process_count(),
         "host": platform.node(),
         "command": " ".join(sys.argv),
+        # Where compiled programs were loaded from or kept (`startup`); None: off.
+        "compilation_cache": startup.persistent_cache(),
     }

@@ -282,6 +282,7 @@ def sweep_args(workdir, num_lrs, num_seeds) -> list[str]:
         f"--config.sweep.optim.learning_rate=({lrs},)",
         "--config.sweep.train.batch_size=(30,)",
         f"--config.sweep.seed=({seeds},)",
+        "--nocompilation_cache",  # cold, as the single runs it is divided by
     ]
 
 
@@ -333,7 +334,9 @@ def main(argv) -> None:
         # The single run is short and the machine's speed drifts: its yardstick is the
         # median of `repeats` fresh processes (each in a new workdir) taken before,
         # between and after the sweeps, so a ratio compares like with like.
-        def single_run(i: int) -> dict:
+        # Cold starts, every program compiled, as before the compilation cache; the
+        # cache's effect is measured apart, below.
+        def single_run(i: int, cache: str = "--nocompilation_cache") -> dict:
             return process(
                 [
                     "-m",
@@ -341,6 +344,7 @@ def main(argv) -> None:
                     "--config=configs/mlp.py",
                     f"--workdir={tmp}/single{i}",
                     f"--config.data.path={_DATA_DIR.value}",
+                    cache,
                 ]
             )
 
@@ -350,6 +354,12 @@ def main(argv) -> None:
         sweep64 = process(sweep_args(f"{tmp}/s64", 16, 4))
         singles += [single_run(i) for i in range(len(singles), repeats)]
         walls = sorted(run["wall_seconds"] for run in singles)
+        # A repeated run with the compilation cache on (its default): the first fills
+        # the cache, the next `repeats` load every program from it.
+        warm_cache = f"--compilation_cache_dir={tmp}/xla"
+        warm = [
+            single_run(100 + i, warm_cache)["wall_seconds"] for i in range(repeats + 1)
+        ][1:]
         single = {
             "wall_seconds": float(np.median(walls)),
             "wall_seconds_each": [run["wall_seconds"] for run in singles],
@@ -388,6 +398,7 @@ def main(argv) -> None:
             "mlp_run": single,
             "sweep_16": sweep16,
             "sweep_64": sweep64,
+            "mlp_run_warm_cache_seconds_each": warm,
             "sweep_16_over_single": sweep16["wall_seconds"] / single["wall_seconds"],
             "sweep_64_over_single": sweep64["wall_seconds"] / single["wall_seconds"],
         },
@@ -447,6 +458,15 @@ def main(argv) -> None:
             "value": f"{walls[0]:.2f} / {walls[-1]:.2f}",
         },
         {"measure": "configs/mlp.py peak RSS MB", "value": single["peak_rss_mb"]},
+        {
+            "measure": f"configs/mlp.py repeated, warm compilation cache, wall s "
+            f"(median of {repeats})",
+            "value": float(np.median(warm)),
+        },
+        {
+            "measure": "configs/mlp.py repeated (warm cache) / cold",
+            "value": float(np.median(warm)) / single["wall_seconds"],
+        },
         {"measure": "16-member sweep process wall s", "value": sweep16["wall_seconds"]},
         {"measure": "64-member sweep process wall s", "value": sweep64["wall_seconds"]},
         {

@@ -138,3 +138,29 @@ def test_a_member_extended_outside_the_sweep_is_refused(finished, tmp_path):
     assert str(caught.value).startswith(f"{member} was changed outside the sweep: ")
     assert "train.num_steps (40 -> 20)" in str(caught.value)
     assert (workdir / "sweep.csv").read_bytes() == before  # nothing mixed in
+
+
+def test_a_resumed_block_reads_each_block_checkpoint_once(finished, monkeypatch):
+    """Resuming a block restores its members from one read of each block checkpoint
+    (its metadata, then its arrays), not one per member."""
+    import jax
+
+    from mnist_jax import data, startup
+
+    workdir, logits = finished
+    folders = [sweep_members.folder(workdir, i) for i in range(2)]
+    config = checkpoints.read_config(folders[0])
+    _, state, _ = train.init_run(config, data.load(config.data))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    manager = startup.orbax().CheckpointManager
+    reads = []
+    restore = manager.restore
+    monkeypatch.setattr(
+        manager,
+        "restore",
+        lambda self, step, **kw: reads.append(step) or restore(self, step, **kw),
+    )
+    restored, metadatas = sweep_members.restore(folders, 20, abstract)
+    assert reads == [20, 20]  # the block's metadata, then its arrays: once each
+    assert [m["config"]["seed"] for m in metadatas] == [0, 1]
+    assert jax.tree.leaves(restored.params)[0].shape[0] == 2  # both members, stacked

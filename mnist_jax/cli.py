@@ -161,13 +161,32 @@ def parse_flags(argv: list[str]) -> list[str]:
             raise
         fail(f"cannot load --config: {type(e).__name__}: {e}")
     if "config" in flags.FLAGS and flags.FLAGS["config"].present:
-        from mnist_jax import config_files
-
-        try:
-            config_files.check_loaded(flags.FLAGS.config, config_arg(argv))
-        except UserError as e:
-            fail(str(e))
+        check_config(flags.FLAGS.config, config_arg(argv))
     return remaining
+
+
+def check_config(config, spec: str | None) -> None:
+    """Ends the program in one line if `--config` did not give a `ConfigDict`: a file
+    that failed to load (ml_collections raises its error only once the config is
+    used) or a `get_config()` that returned something else."""
+    from ml_collections import ConfigDict
+
+    from mnist_jax import config_files
+
+    if isinstance(config, ConfigDict):
+        return
+    try:
+        config.keys()  # a failed load raises its error here
+    except OSError as e:
+        fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")
+    except AttributeError:  # not a mapping: said below
+        pass
+    except Exception as e:
+        fail(f"cannot load --config: {type(e).__name__}: {e}")
+    try:
+        config_files.check_loaded(config, spec)
+    except UserError as e:
+        fail(str(e))
 
 
 def on_console(record: logging.LogRecord) -> bool:

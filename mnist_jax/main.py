@@ -22,15 +22,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv) -> None:
-    try:
-        config = _CONFIG.value
-        config.keys()  # a config file that failed to load raises only when used
-    except OSError as e:
-        cli.fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")
     from mnist_jax import devices, train
 
     devices.log_startup()
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -123,10 +123,11 @@ def test_load_config_by_path(tmp_path, monkeypatch):
     )
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "mlp.py").write_text(
-        "def get_config(arg=None):\n    return {'arg': arg}\n"
+        "import ml_collections\n\n\ndef get_config(arg=None):\n"
+        "    return ml_collections.ConfigDict({'arg': arg})\n"
     )
-    assert config_files.load_config("configs/mlp.py:x") == {"arg": "x"}
-    assert config_files.load_config("configs/mlp.py") == {"arg": None}
+    assert config_files.load_config("configs/mlp.py:x").to_dict() == {"arg": "x"}
+    assert config_files.load_config("configs/mlp.py").to_dict() == {"arg": None}
 
 
 def test_load_config_errors_are_one_line(tmp_path, monkeypatch):

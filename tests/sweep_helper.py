@@ -4,7 +4,8 @@ moment, the way a preempted or killed job is. Used by test_sweep_resume.py.
     python tests/sweep_helper.py WORKDIR MODE
 
 MODE: none | kill_after_group (SIGKILL once the first group's members are written) |
-kill_mid_group (SIGKILL after a second-group member's step-10 save) | kill_in_report
+kill_mid_group (SIGKILL after a second-group member's step-10 save) | kill_in_save
+(SIGKILL while that save is still being written, Orbax's thread in flight) | kill_in_report
 (SIGKILL while the report is being drawn, sweep.csv written) | sigint_mid_group
 (SIGINT during its chunk to step 10: the sweep should finish the chunk, save at step 10
 and exit 130).
@@ -55,7 +56,7 @@ def main():
                 die(signal.SIGINT)  # as Ctrl-C while the chunk to step 10 runs
 
         sweep_members.MemberBlock.record = record_then_interrupt
-    if mode == "kill_mid_group":
+    if mode in ("kill_mid_group", "kill_in_save"):
         save = checkpoints.Checkpointer.save
 
         def save_then_stop(self, step, state, metadata):
@@ -63,7 +64,8 @@ def main():
             if SECOND_GROUP_MEMBER not in metadata.get("members", ()):  # its block's
                 return
             if step == 10:
-                self.wait_until_finished()
+                if mode == "kill_mid_group":
+                    self.wait_until_finished()
                 die()
 
         checkpoints.Checkpointer.save = save_then_stop

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from configs import mlp
-from mnist_jax import analysis, checkpoints, reports, train
+from mnist_jax import analysis, checkpoints, data, reports, train
 from mnist_jax.errors import DataError, UserError
 from tests import processes
 from tests.processes import REPO
@@ -141,12 +141,14 @@ def test_changed_data_is_refused_on_resume_in_one_line(real_run, changed_data):
         (_real_config(changed_data), str(changed_data)),
         (mlp.get_config("smoke"), "the embedded sample"),
     ):
+        other = data.load(config.data).content_sha256  # the second sha256 named
         with pytest.raises(UserError) as refused:
             train.train_and_evaluate(config, workdir)
         message = _one_line(refused.value)
+        assert other != expected
         assert message.startswith(
             f"{workdir} was trained on data with sha256 {expected[:12]}, but "
-            f"{where} holds data with sha256 "
+            f"{where} holds data with sha256 {other[:12]}; "
         )
         assert message.endswith(
             "point --config.data.path at the run's data, or use a new --workdir"
@@ -160,9 +162,11 @@ def test_changed_data_is_refused_in_analysis_in_one_line(real_run, changed_data)
         analysis.load_run(workdir, data_path=changed_data)
     message = _one_line(refused.value)
     expected = _recorded_sha(workdir)
+    changed = data.load(_real_config(changed_data).data).content_sha256
+    assert changed != expected
     assert message.startswith(
         f"{workdir} was trained on data with sha256 {expected[:12]}, but "
-        f"{changed_data} holds data with sha256 "
+        f"{changed_data} holds data with sha256 {changed[:12]}; "
     )
     assert "--data_path" in message
 

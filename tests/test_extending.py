@@ -11,6 +11,7 @@ from flax import nnx
 
 from configs import mlp
 from mnist_jax import checkpoints, config_schema, models, reports, sweep, train, writers
+from tests import processes
 
 
 class CNN(nnx.Module):
@@ -76,11 +77,20 @@ def test_a_registered_model_sweeps(cnn, tmp_path):
     config = config_schema.with_sweep(
         _config(), {"optim.learning_rate": (0.03, 0.1), "model.channels": (2, 4)}
     )
-    rows = sweep.run_sweep(config, tmp_path)
+    rows = sweep.run_sweep(config, tmp_path / "sweep")
     grid = {(r["optim.learning_rate"], r["model.channels"]) for r in rows}
     assert grid == {(0.03, 2), (0.03, 4), (0.1, 2), (0.1, 4)}
-    assert all(np.isfinite(r["test/log_loss"]) for r in rows)
-    assert (tmp_path / "sweep.csv").exists() and (tmp_path / "best_config.py").exists()
+    # A member is, to the bit, the single run of its config (README, "Sweeps").
+    member = next(
+        r for r in rows if (r["optim.learning_rate"], r["model.channels"]) == (0.1, 4)
+    )
+    single_config = _config(channels=4)
+    single_config.optim.learning_rate = 0.1
+    single = train.train_and_evaluate(single_config, tmp_path / "single")
+    for key in sweep.RESULT_KEYS:
+        assert member[key] == single[key], key
+    best = (tmp_path / "sweep" / "best_config.py").read_text()
+    assert "test_cnn" in best
 
 
 def test_a_registered_model_goes_through_every_report(cnn_run, tmp_path):
@@ -104,3 +114,58 @@ def test_a_registered_model_goes_through_every_report(cnn_run, tmp_path):
     assert [r["model"] for r in comparison.rows] == ["test_cnn", "mlp"]
     assert comparison.rows[0]["test/accuracy"] == results["test/accuracy"]
     assert all((comparison.folder / f).exists() for f in comparison.files)
+
+
+EXTENDED_CONFIG = '''"""An optimizer and a metric the package has never seen, registered by the config
+file alone, as the README's "how to extend" shows."""
+
+import jax.numpy as jnp
+import optax
+
+from mnist_jax import config_schema, metrics, optim
+
+
+@optim.OPTIMIZERS.register("test_rmsprop", fields={"decay": 0.9})
+def rmsprop(learning_rate, decay):
+    return optax.rmsprop(learning_rate, decay=decay)
+
+
+def top2_correct(logits, labels):
+    top2 = jnp.argsort(logits, axis=-1)[:, -2:]
+    return (top2 == labels[:, None]).any(axis=-1).astype(jnp.float32)
+
+
+metrics.register(metrics.Metric("top2_accuracy", top2_correct, higher_is_better=True))
+
+
+def get_config(arg=None):
+    config = config_schema.smoke(config_schema.default_config())
+    config.optim.name = "test_rmsprop"
+    config.optim.learning_rate = 0.003
+    config.optim.decay = 0.8
+    config.optim.loss_reduction = "mean"
+    return config
+'''
+
+
+def test_an_optimizer_and_a_metric_registered_in_a_config_file(tmp_path):
+    """Trained through the command line, the optimizer (with its own field) runs and
+    the metric is computed and reported with the others: metrics.jsonl, results.json
+    and the comparison report; not one file of the package changed."""
+    config_file = tmp_path / "extended.py"
+    config_file.write_text(EXTENDED_CONFIG)
+    workdir = tmp_path / "run"
+    result = processes.run(
+        "mnist_jax.main", f"--config={config_file}", f"--workdir={workdir}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["optim"]["name"] == "test_rmsprop" and saved["optim"]["decay"] == 0.8
+    results = json.loads((workdir / "results.json").read_text())
+    for split in ("val", "test"):
+        top2, top1 = results[f"{split}/top2_accuracy"], results[f"{split}/accuracy"]
+        assert top1 <= top2 <= 1.0 and top2 > 0.5
+    rows = writers.read_metrics(workdir)
+    assert [r["step"] for r in rows] == [10, 20]
+    assert all(r["train/top2_accuracy"] >= r["train/accuracy"] for r in rows)
+    assert "val/top2_accuracy" in result.stderr  # the results line of the log

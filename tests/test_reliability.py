@@ -84,21 +84,29 @@ def test_sigkill_mid_chunk_then_resume(tmp_path, resumable_run):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_ctrl_c_save_and_exit(tmp_path, resumable_run, signum):
-    process = _start(tmp_path)
-    _wait_for_metrics(tmp_path, process)
-    process.send_signal(signum)
-    result = processes.finish(process, timeout=120)
-    stderr = result.stderr
-    if result.returncode == 0:
-        pytest.skip("the run finished before the signal arrived")
-    assert result.returncode == 128 + signum
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith(
-        f"error: interrupted by {signal.Signals(signum).name} at step "
+    """The signal arrives at a known step (the process sends it to itself once step
+    60's period is logged, mid-run), so an ignored signal fails instead of racing the
+    run's end: the run saves at step 60, which is no checkpoint step, and exits."""
+    config = helper_config()
+    name = signal.Signals(signum).name
+    result = processes.run(
+        processes.REPO / "tests" / "preempt_helper.py",
+        "mnist_jax.main",
+        f"60:{name[3:]}",
+        "--config=configs/mlp.py:smoke",
+        f"--workdir={tmp_path}",
+        f"--config.train.num_steps={config.train.num_steps}",
+        f"--config.train.num_periods={config.train.num_periods}",
+        f"--config.model.dropout_rate={config.model.dropout_rate}",
+        timeout=180,
     )
-    assert "run the same command to resume" in last and "Traceback" not in stderr
-    step = int(last.split(" at step ")[1].split(":")[0])
-    assert step in checkpoints.available_steps(tmp_path)
+    assert result.returncode == 128 + signum, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: interrupted by {name} at step 60: "), last
+    assert "run the same command to resume" in last
+    assert "Traceback" not in result.stderr
+    assert 60 not in config.checkpoint.steps
+    assert 60 in checkpoints.available_steps(tmp_path)
     _same_as_uninterrupted(tmp_path, resumable_run)
 
 

@@ -1,11 +1,13 @@
 """A sweep block holds as many members as the device's memory allows; a CPU keeps the
 cache-sized blocks that are fastest there."""
 
+import math
+
 import jax
 import pytest
 
 from configs import mlp
-from mnist_jax import config_schema, mesh, sizing, sweep
+from mnist_jax import config_schema, data, mesh, schedule, sizing, sweep
 from mnist_jax.errors import ConfigError
 
 H200_BYTES = 141 * 10**9
@@ -44,3 +46,35 @@ def test_config_overrides_the_block_size():
     config.sweep_block.members_per_device = -1
     with pytest.raises(ConfigError, match="members_per_device=-1"):
         config_schema.validate(config)
+
+
+def test_the_estimate_bounds_what_a_compiled_block_holds():
+    """`member_bytes` is what "as many as fit in half a device's memory" rests on: for a
+    block of members, the compiled training loop's and evaluation's own memory
+    figures (arguments, outputs and scratch, XLA's `memory_analysis`, less the data
+    set every member shares) stay within the block's estimate."""
+    config = mlp.get_config()
+    num_pool, num_train = config.data.num_examples, config.data.num_train
+    device_mesh = mesh.make_sweep_mesh(())
+    size = 8
+    programs = sweep.group_programs(config, num_pool, num_train, device_mesh)
+    state, member = jax.eval_shape(programs.init, *sweep.member_arrays([config] * size))
+    pool = mesh.specs(data.pool_spec(num_pool), mesh.replicated(device_mesh))
+    order = jax.eval_shape(programs.order, member, jax.ShapeDtypeStruct((), "int32"))
+    length = schedule.loop_lengths(config)[0]
+    orders = (order,) * programs.program.chunk_epochs(length, member)
+    shared = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(pool))
+    estimate = size * sizing.member_bytes(config)
+    for compiled in (
+        programs.train.lower(state, length, pool, member, orders).compile(),
+        programs.evaluate.lower(state.params, pool, member).compile(),
+    ):
+        used = compiled.memory_analysis()
+        held = (
+            used.argument_size_in_bytes
+            + used.output_size_in_bytes
+            - used.alias_size_in_bytes
+            + used.temp_size_in_bytes
+            - shared
+        )
+        assert 0 < held <= estimate, (held, estimate)

@@ -6,7 +6,10 @@ import signal
 import subprocess
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from mnist_jax import checkpoints, sweep_members
 from tests import processes
@@ -31,7 +34,7 @@ def reference(tmp_path_factory):
 
 def outputs(workdir: Path) -> dict:
     """What must be bitwise equal: the tables, the histories, every member's results
-    (less its timing) and metrics."""
+    (less its timing) and metrics, and its parameters at every kept step."""
     files = {
         name: (workdir / name).read_bytes()
         for name in ("sweep.csv", "sweep.md", "sweep_histories.json")
@@ -43,6 +46,11 @@ def outputs(workdir: Path) -> dict:
             results.pop(key)
         files[f"{i}/results"] = results
         files[f"{i}/metrics"] = (member / "metrics.jsonl").read_bytes()
+        assert checkpoints.available_steps(member) == [5, 10, 20], member
+        for step in (5, 10, 20):
+            params = nnx.state(checkpoints.restore_model(member, step), nnx.Param)
+            for n, leaf in enumerate(jax.tree.leaves(params)):
+                files[f"{i}/params@{step}/{n}"] = np.asarray(leaf).tobytes()
     return files
 
 
@@ -50,7 +58,10 @@ def outputs(workdir: Path) -> dict:
     "mode, expected_log",
     [
         ("kill_after_group", "Members 0, 2, 4, 6 finished earlier: read back."),
-        ("kill_mid_group", "Resuming 4 members from their checkpoints at step"),
+        ("kill_mid_group", "Resuming 4 members from their checkpoints at step 10."),
+        # Killed with the save in flight: from step 10 if Orbax had finished it, else
+        # from step 5; never from a half-written one.
+        ("kill_in_save", "Resuming 4 members from their checkpoints at step"),
         ("kill_in_report", "Members 1, 3, 5, 7 finished earlier: read back."),
     ],
 )

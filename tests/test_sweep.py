@@ -391,7 +391,10 @@ def test_any_field_is_an_axis_from_the_command_line(tmp_path):
     table = pd.read_csv(workdir / "sweep.csv")
     assert len(table) == 4 and set(table["model.hidden_units"]) == {"(8,)", "(16, 16)"}
     diverged = table[table["optim.learning_rate"] == 1e30]
-    assert (diverged["diverged_at_step"] >= 1).all()
+    # Known: step 1 moves every weight by ~1e30, so step 2's logits overflow; a single
+    # run of either config says "became NaN/inf at step 2" too.
+    assert (diverged["diverged_at_step"] == 2).all()
+    assert table[table["optim.learning_rate"] == 0.1]["diverged_at_step"].isna().all()
     markdown = (workdir / "sweep.md").read_text()
     assert "| 1e+30 |" in markdown and "diverged at step" in markdown
     lines = result.stderr.splitlines()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from mnist_jax import checkpoints, data, metrics, schedule, steps, train, writers
+from mnist_jax import checkpoints, data, metrics, plots, schedule, steps, train, writers
 from tests import processes
 
 RESULT_KEYS = {
@@ -69,10 +69,18 @@ def test_smoke_run_writes_every_workdir_file(mlp_smoke_run):
     assert not list(workdir.glob(".*tmp*"))  # atomic writes leave no temp files
 
 
-def test_linear_run_draws_its_class_templates(linear_smoke_run):
+def test_linear_run_draws_its_class_templates(linear_smoke_run, tmp_path):
+    """The linear model's figure is its ten class templates: the final weights, one
+    28x28 image per digit, pixel for pixel what the drawing of them gives."""
+    from matplotlib.image import imread
+
     workdir = linear_smoke_run.workdir
-    assert (workdir / "confusion_matrix.png").exists()
-    assert (workdir / "first_layer_weights.png").exists()  # 10 units: the classes
+    kernel = np.asarray(checkpoints.restore_model(workdir).first_layer())
+    assert kernel.shape == (784, 10)
+    redrawn = plots.save(plots.plot_weight_grid(kernel), tmp_path / "again.png")
+    drawn = imread(workdir / "first_layer_weights.png")
+    np.testing.assert_array_equal(drawn, imread(redrawn))
+    assert drawn.std() > 0  # not a blank image
 
 
 def test_same_seed_same_numbers(mlp_smoke_run, tmp_path):

@@ -278,9 +278,18 @@ class Checkpointer:
         sweep was re-run in place, would otherwise read another member's weights."""
         block_dir = block.directory.parent
         where = f"{self.workdir}: its checkpoint at step {step} in {block_dir}"
-        names = saved.get("members") if isinstance(saved, dict) else None
         index = entry["index"]
-        if not isinstance(names, list) or index >= len(names):
+        names, metas = (
+            (saved.get("members"), saved.get("metadata"))
+            if isinstance(saved, dict)
+            else (None, None)
+        )
+        if not (
+            isinstance(names, list)
+            and isinstance(metas, list)
+            and index < min(len(names), len(metas))
+            and isinstance(metas[index], dict)
+        ):
             raise UserError(f"{where} has no slot {index} (see {LINKS_FILE})")
         found = f"member {names[index]}"
         sweeps = (entry.get("sweep_id"), saved.get("sweep_id"))
@@ -288,15 +297,16 @@ class Checkpointer:
             found += " of another sweep"
         elif entry.get("member", names[index]) != names[index]:
             pass  # another member of this sweep: `found` says which
-        elif not self._same_config(saved["metadata"][index].get("config")):
+        elif not self._same_config(metas[index].get("config")):
             found += " of another config"
         else:
             return int(saved.get("slots", entry["members"]))
         expected = entry.get("member", self.workdir.name)
         raise UserError(
             f"{where} holds {found}, not this folder's member {expected} (see "
-            f"{LINKS_FILE}): was the folder copied from a sweep since re-run in place? "
-            "Keep a member with its own sweep's blocks/ folder, or retrain it"
+            f"{LINKS_FILE}): its links or config.json were changed, or it was copied "
+            "from a sweep since re-run in place. Keep a member with its own sweep's "
+            "blocks/ folder, or retrain it"
         )
 
     def _same_config(self, saved_config) -> bool:

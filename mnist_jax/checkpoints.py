@@ -230,7 +230,7 @@ class Checkpointer:
         if step not in self._own_steps() and step in self._linked:
             block, entry = self._linked[step]
             saved = self._read_block(block, step, None, None, metadata=True)[2]
-            slots = self._check_slot(block, step, entry, saved)
+            slots = self._checked_slots(block, step, entry, saved)
             index = entry["index"]
             p = o = None
             if params is not None or opt_state is not None:
@@ -271,9 +271,9 @@ class Checkpointer:
         asked = (step, params is not None, opt_state is not None, metadata)
         return self._block_reads.get(block.directory.resolve(), asked, read)
 
-    def _check_slot(self, block: Checkpointer, step: int, entry: dict, saved) -> int:
-        """The number of members `block` stores at `step`, once its slot `entry` names
-        is shown to hold this folder's member: the member the link names, of the sweep
+    def _checked_slots(self, block: Checkpointer, step: int, entry: dict, saved) -> int:
+        """The number of slots `block` stores at `step` (its arrays' leading axis), once
+        the slot `entry` names is shown to hold this folder's member: the member the link names, of the sweep
         it names, trained under this folder's config. A copied member, or one whose
         sweep was re-run in place, would otherwise read another member's weights."""
         block_dir = block.directory.parent
@@ -300,7 +300,10 @@ class Checkpointer:
         elif not self._same_config(metas[index].get("config")):
             found += " of another config"
         else:
-            return int(saved.get("slots", entry["members"]))
+            slots = saved.get("slots", entry["members"])
+            if not isinstance(slots, int) or slots < len(names):
+                raise UserError(f"{where}: its slot count {slots!r} is not readable")
+            return slots
         expected = entry.get("member", self.workdir.name)
         raise UserError(
             f"{where} holds {found}, not this folder's member {expected} (see "
@@ -313,6 +316,7 @@ class Checkpointer:
         if self._own_config is None:
             path = self.workdir / CONFIG_FILE
             self._own_config = writers.read_json(path) if path.is_file() else {}
+            with_defaults(self._own_config, path)  # an edited file: one line
         if not self._own_config:  # nothing recorded to compare with
             return True
         if not isinstance(saved_config, dict):
@@ -381,8 +385,9 @@ def link(
     }
     links = read_links(workdir)
     same = ("relative", "index", "members")
-    if not any(all(e[k] == entry[k] for k in same) for e in links):
-        writers.write_json(workdir / LINKS_FILE, links + [entry])
+    if entry not in links:  # a link to the same slot says who holds it now
+        kept = [e for e in links if any(e[k] != entry[k] for k in same)]
+        writers.write_json(workdir / LINKS_FILE, kept + [entry])
 
 
 def read_links(workdir: str | os.PathLike) -> list[dict]:
@@ -454,16 +459,25 @@ def _member(stacked, index: int, abstract):
     return jax.tree.unflatten(jax.tree.structure(abstract), leaves)
 
 
-def with_defaults(saved: dict) -> ConfigDict:
+def with_defaults(
+    saved: dict, where: str | os.PathLike = "a saved config"
+) -> ConfigDict:
     """A saved config dict filled onto today's defaults, so a workdir from before a
-    field existed still reads (the field takes its default)."""
+    field existed still reads (the field takes its default). A value of the wrong type
+    (an edited file) is a one-line `UserError` naming `where` and the field."""
     flat = flat_config(saved)
     config = config_schema.default_config()
     for name, default in config_schema.leaves(config_schema.default_config()):
         if name in flat:
             value = flat[name]
-            value = tuple(value) if isinstance(default, tuple) else value
-            config_schema.set_field(config, name, value)
+            try:
+                value = tuple(value) if isinstance(default, tuple) else value
+                config_schema.set_field(config, name, value)
+            except (TypeError, ValueError) as e:
+                raise UserError(
+                    f"{where}: {name}={value!r} cannot be read as a "
+                    f"{type(default).__name__} ({e})"
+                ) from None
     return config
 
 
@@ -482,7 +496,7 @@ def read_config(workdir: str | os.PathLike) -> ConfigDict:
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{workdir}: no {CONFIG_FILE}; is it a mnist_jax workdir?")
-    return with_defaults(writers.read_json(path))
+    return with_defaults(writers.read_json(path), path)
 
 
 def available_steps(workdir: str | os.PathLike) -> list[int]:

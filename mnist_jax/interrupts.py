@@ -25,12 +25,16 @@ def deferred() -> Iterator[list[int]]:
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
+    caught: list[int] = []  # this process's own signals (`agree` adds others'
+    # to `received`: a preemption reaching every process is not a second signal here)
 
     def handler(signum, frame):
-        if received:  # asked twice: stop now
+        if caught:  # asked twice: stop now
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
-        received.append(signum)
+        caught.append(signum)
+        if not received:
+            received.append(signum)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
@@ -41,8 +45,8 @@ def deferred() -> Iterator[list[int]]:
 
 
 def agree(received: list[int]) -> list[int]:
-    """Whether to stop, decided by every process alike: `received` (extended with
-    another process's signal if this one got none) when any process has received a
+    """Whether to stop, decided by every process alike: `received` (to which another
+    process's signal is added if this one got none) when any process has received a
     signal, else an empty list. One process alone decides by itself; several exchange
     a snapshot of their first signal (a 4-byte all-gather per chunk), and decide on
     that snapshot only, so a signal arriving meanwhile counts at the next chunk."""

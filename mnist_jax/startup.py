@@ -21,10 +21,12 @@ Everything else is plain code: delete a trick here and the run is the same, only
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import jax
 
@@ -110,6 +112,19 @@ def use_persistent_cache(path: str | None) -> None:
     restarted sweep loads them instead of compiling: every program, however quick to
     compile, since a run's few programs are each under a second. The command lines
     call this; a notebook may too."""
+    if path is not None:
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            usable = os.access(path, os.W_OK)
+        except OSError:
+            usable = False
+        if not usable:
+            logging.getLogger(__name__).warning(
+                "compilation cache %s cannot be written: compiling every program "
+                "(--compilation_cache_dir to put it elsewhere)",
+                path,
+            )
+            path = None
     if path is None:
         jax.config.update("jax_enable_compilation_cache", False)
         return

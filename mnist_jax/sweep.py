@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 import uuid
@@ -257,7 +258,7 @@ def run_group(
     Each member saves into its folder (`sweep_members`) at `save_steps`; a block whose
     members all finished is read back, one whose members have checkpoints resumes from
     the latest step they share. Saves and files are written on a worker thread while
-    the device trains on.
+    the device trains on (on this thread with several processes: `_writer`).
 
     `while_compiling` runs on this thread while the training program compiles on
     another, time that thread would otherwise spend waiting."""
@@ -298,8 +299,9 @@ def run_group(
             tasks.pop(0).result()
 
     # Saves and member files are written in order on one worker thread while this one
-    # keeps the device fed: a block's saves can take longer than its next chunk. The
-    # worker stops (finishing its work) before the checkpoints close.
+    # keeps the device fed: a block's saves can take longer than its next chunk (with
+    # several processes, on this thread: `_writer`). The worker stops (finishing its
+    # work) before the checkpoints close.
     with (
         startup.Compiler() as compiler,
         contextlib.ExitStack() as stack,
@@ -497,14 +499,30 @@ def run_sweep(
 
 
 def sweep_id(workdir: Path) -> str:
-    """The sweep's identity, recorded in its run_info.json when it first starts, the
-    same on every process: moved or renamed, a sweep keeps it; a new sweep in the
-    same folder name gets another."""
+    """The sweep's identity, recorded in its run_info.json when it first starts:
+    moved or renamed, a sweep keeps it; a new sweep in the same folder name gets
+    another. Process 0 reads or makes it and tells the others, so every process has
+    the same one, or the same one-line error."""
+    answer = ""
+    if jax.process_index() == 0:
+        try:
+            answer = "id:" + _recorded_sweep_id(workdir)
+        except UserError as e:
+            answer = f"error:{e}"
+    kind, _, value = workdir_lib.from_process_zero(answer).partition(":")
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def _recorded_sweep_id(workdir: Path) -> str:
     path = workdir / workdir_lib.RUN_INFO_FILE
     recorded = writers.read_json(path).get("sweep_id") if path.is_file() else None
-    if not isinstance(recorded, str) or not recorded:
-        recorded = uuid.uuid4().hex
-    return workdir_lib.from_process_zero(recorded)
+    if recorded is None:  # a new sweep, or one from before sweeps had an id
+        return uuid.uuid4().hex
+    if not (isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{32}", recorded)):
+        raise UserError(f"{path}: sweep_id={recorded!r} is not a sweep's id")
+    return recorded
 
 
 def train_groups(members: list[tuple[dict, ConfigDict]], run: SweepRun) -> list[dict]:
@@ -527,7 +545,8 @@ def train_groups(members: list[tuple[dict, ConfigDict]], run: SweepRun) -> list[
             rows[i] = {
                 "member": i,
                 **members[i][0],
-                **{k: result[k] for k in RESULT_KEYS},
+                # A metric registered since a member finished: not measured (NaN).
+                **{k: result.get(k, math.nan) for k in RESULT_KEYS},
                 "history": result["history"],
             }
             if "diverged_at_step" in result:

@@ -5,7 +5,7 @@ resumes as a single run. results.json is written last: it marks a member finishe
 `MemberBlock` keeps a block of members' folders while the block trains.
 
 A block of members saves one Orbax checkpoint per step, with a leading members axis,
-in `SWEEP/blocks/m<first member>-n<members>/`; each member's folder links to it
+in `SWEEP/blocks/m<first member>-n<members>-s<slots>/`; each member's folder links to it
 (`checkpoints.link`), and `checkpoints.Checkpointer` reads the member's slice as the
 folder's own checkpoints. One save per member cost 23% of a 64-member sweep; one per
 block costs 4% (docs/performance.md)."""
@@ -78,8 +78,10 @@ def check_own(member_dir: Path, recorded_config: dict) -> None:
     path = member_dir / workdir_lib.CONFIG_FILE
     if not path.is_file():
         return
+    saved = writers.read_json(path)
+    checkpoints.with_defaults(saved, path)  # an edited file: one line naming it
     differing = checkpoints.differing_fields(
-        writers.read_json(path), recorded_config, ignored=checkpoints.LAYOUT_FIELDS
+        saved, recorded_config, ignored=checkpoints.LAYOUT_FIELDS
     )
     results = member_dir / workdir_lib.RESULTS_FILE
     if not differing and results.is_file():
@@ -182,6 +184,14 @@ class MemberBlock:
     def resume(self, state, state_spec, num_pool: int, num_train: int):
         """The members' latest common checkpoint, or `state` (and their first files)."""
         real = self.folders[: self.num_real]
+        for f in real:
+            if checkpoints.missing_blocks(f) and not finished(f):
+                log.warning(
+                    "Member %s's checkpoints in %s are gone: it trains again from its "
+                    "latest checkpoint still there, or from the start.",
+                    f.name,
+                    ", ".join(checkpoints.missing_blocks(f)),
+                )
         step = resume_step(real)
         if step is None and self.chief:
             for c, f in zip(self.configs, real, strict=False):

@@ -65,18 +65,23 @@ RESULT_TYPES = {"num_steps": int, "train_seconds": float, "warnings": list}
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
-    """A results.json, checked: every metric on validation and test a number, and
-    `RESULT_TYPES`' fields of their types."""
+    """A results.json, checked: `RESULT_TYPES`' fields of their types, the primary
+    metric on validation and test, and every metric it holds a number. (A metric
+    registered since the run was written is simply absent.)"""
     from mnist_jax import metrics
 
     results = read_json(path)
-    expected = {k: float for k in metrics.keys("val", "test")} | RESULT_TYPES
-    for key, kind in expected.items():
+    for key in (f"val/{metrics.PRIMARY}", f"test/{metrics.PRIMARY}"):
+        if key not in results:
+            raise UserError(f"{path}: {key!r} is missing")
+    for key, kind in RESULT_TYPES.items():
         value = results.get(key)
-        if kind is float and _is_number(value):
-            continue
-        if not isinstance(value, kind) or isinstance(value, bool):
+        typed = isinstance(value, kind) and not isinstance(value, bool)
+        if not (typed or (kind is float and _is_number(value))):
             raise UserError(f"{path}: {key!r} is missing or not {kind.__name__}")
+    for key, value in results.items():
+        if key.startswith(("val/", "test/")) and not _is_number(value):
+            raise UserError(f"{path}: {key}={value!r} is not a number")
     return results
 
 

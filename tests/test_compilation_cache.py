@@ -48,3 +48,17 @@ def test_the_cache_can_be_turned_off(tmp_path):
     info = json.loads((tmp_path / "run" / "run_info.json").read_text())
     assert info["compilation_cache"] is None
     assert not (cache / "xla").exists()
+
+
+def test_an_unwritable_cache_folder_compiles_and_says_so(tmp_path):
+    result = processes.run(
+        "mnist_jax.main",
+        *RUN,
+        f"--workdir={tmp_path / 'run'}",
+        "--compilation_cache_dir=/proc/mnist_jax_xla",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compilation cache /proc/mnist_jax_xla cannot be written" in result.stderr
+    assert "Error reading persistent compilation cache" not in result.stderr
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["compilation_cache"] is None

@@ -33,11 +33,22 @@ def _one_line_error(result, *fragments):
     [
         ("config.json", "{", "not valid JSON"),
         ("config.json", "[1, 2]", "expected a JSON object, found list"),
+        (
+            "config.json",
+            '{"optim": {"learning_rate": "abc"}}',
+            "optim.learning_rate='abc' cannot be read as a float",
+        ),
         ("run_info.json", "null", "expected a JSON object, found NoneType"),
         ("run_info.json", '{"data": {"content_sha256": 7}}', "is not a sha256"),
         ("metrics.jsonl", '{"step": 10}\n{"step": "x"}\n', "line 2: not a row"),
         ("metrics.jsonl", '{"step": 10, "val/accuracy": [1]}\n', "is not a number"),
-        ("results.json", '{"val/accuracy": 0.9}', "'val/log_loss' is missing"),
+        ("results.json", '{"val/accuracy": 0.9}', "'test/accuracy' is missing"),
+        (
+            "results.json",
+            '{"val/accuracy": 0.9, "test/accuracy": 0.9, "num_steps": 20, '
+            '"train_seconds": 1, "warnings": [], "val/log_loss": "low"}',
+            "val/log_loss='low' is not a number",
+        ),
     ],
 )
 def test_a_malformed_workdir_file_is_one_line_naming_it(

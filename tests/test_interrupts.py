@@ -5,7 +5,9 @@ a workdir that cannot be locked is a one-line error on every process, never a ha
 import errno
 import fcntl
 import json
+import os
 import signal
+import time
 from types import SimpleNamespace
 
 import jax
@@ -104,6 +106,20 @@ def test_a_filesystem_without_locks_is_a_one_line_error(tmp_path, monkeypatch):
     ):
         pass
     assert "\n" not in str(caught.value)
+
+
+def test_a_signal_agreed_from_another_process_is_not_a_second_one():
+    """A preemption reaches every process, a little apart: this process's own SIGTERM
+    arriving after it agreed on another's must not count as "asked twice" (which stops
+    at once, mid-save); a second one of its own does."""
+    with interrupts.deferred() as received:
+        received.append(signal.SIGTERM)  # as `agree` adds another process's signal
+        os.kill(os.getpid(), signal.SIGTERM)  # then this process's own
+        time.sleep(0.05)  # Python runs the handler between bytecodes
+        assert received == [signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)  # its own, twice: stop now
+            time.sleep(1)
 
 
 def test_one_process_decides_alone():

@@ -164,3 +164,28 @@ def test_a_resumed_block_reads_each_block_checkpoint_once(finished, monkeypatch)
     assert reads == [20, 20]  # the block's metadata, then its arrays: once each
     assert [m["config"]["seed"] for m in metadatas] == [0, 1]
     assert jax.tree.leaves(restored.params)[0].shape[0] == 2  # both members, stacked
+
+
+def test_a_damaged_sweep_id_is_one_line(finished, tmp_path):
+    workdir = tmp_path / "s"
+    shutil.copytree(finished[0], workdir)
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert len(info["sweep_id"]) == 32
+    info["sweep_id"] = "not-an-id"
+    (workdir / "run_info.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="sweep_id='not-an-id' is not a sweep's id"):
+        _sweep(workdir)
+
+
+def test_a_link_to_a_slot_says_who_holds_it_now(tmp_path):
+    """Linking a slot again with another member or sweep replaces the old entry
+    (which would otherwise refuse every read as another sweep's)."""
+    member = tmp_path / "member"
+    member.mkdir()
+    block = tmp_path / "blocks" / "m0-n2-s2"
+    checkpoints.link(member, block, 0, 2, member="0", sweep_id="a" * 32)
+    checkpoints.link(member, block, 0, 2, member="0", sweep_id="a" * 32)
+    assert len(checkpoints.read_links(member)) == 1
+    checkpoints.link(member, block, 0, 2, member="0", sweep_id="b" * 32)
+    (entry,) = checkpoints.read_links(member)
+    assert entry["sweep_id"] == "b" * 32

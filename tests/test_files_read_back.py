@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mnist_jax import reports
+from mnist_jax.errors import UserError
 from tests import processes
 from tests.conftest import copy_workdir
 from tests.test_bad_input import _snapshot
@@ -54,17 +56,29 @@ def _one_line_error(result, *fragments):
 def test_a_malformed_workdir_file_is_one_line_naming_it(
     mlp_smoke_run, tmp_path, name, text, problem
 ):
+    """In the process (a `UserError`, which the command lines print as one line: the
+    next tests), read by the comparison report, which reads all four files."""
     workdir = copy_workdir(mlp_smoke_run, tmp_path / "run")
     (workdir / name).write_text(text)
     before = _snapshot(workdir)
-    result = processes.run(
-        COMPARE_MODELS, f"--workdirs={workdir}", f"--out={tmp_path / 'out'}"
-    )
-    _one_line_error(result, f"{workdir / name}", problem)
+    with pytest.raises(UserError) as caught:
+        reports.compare_runs([workdir], out=tmp_path / "out")
+    message = str(caught.value)
+    assert message.startswith(f"{workdir / name}") and problem in message
+    assert "\n" not in message
     assert _snapshot(workdir) == before
 
 
-def test_a_malformed_config_json_refuses_a_resume_untouched(mlp_smoke_run, tmp_path):
+def test_a_malformed_file_through_the_command_line(mlp_smoke_run, tmp_path):
+    workdir = copy_workdir(mlp_smoke_run, tmp_path / "run")
+    (workdir / "metrics.jsonl").write_text('{"step": "x"}\n')
+    result = processes.run(
+        COMPARE_MODELS, f"--workdirs={workdir}", f"--out={tmp_path / 'out'}"
+    )
+    _one_line_error(result, f"{workdir / 'metrics.jsonl'}, line 1: not a row")
+
+
+def test_a_malformed_run_info_json_refuses_a_resume_untouched(mlp_smoke_run, tmp_path):
     workdir = copy_workdir(mlp_smoke_run, tmp_path / "run")
     (workdir / "run_info.json").write_text("{")
     before = _snapshot(workdir)

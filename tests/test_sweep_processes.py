@@ -7,12 +7,11 @@ import json
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mnist_jax import checkpoints, sweep_members
 from mnist_jax import workdir as workdir_lib
-from tests import processes
+from tests import processes, sweep_outputs
 from tests.test_distributed import _free_port
 
 HELPER = processes.REPO / "tests" / "preempt_helper.py"
@@ -22,7 +21,6 @@ SWEEP = ["--config=configs/sweep_linear.py:smoke"]
 NUM_MEMBERS, KEPT_STEPS = 8, [5, 10, 20]
 SIGTERM_EXIT = 128 + signal.SIGTERM
 TIMEOUT = 240  # seconds for any one command: a hang fails the test, never the suite
-TIMING_KEYS = ("train_seconds",)
 
 
 def _sweep(workdir, *args, when="0", cpu_devices=1, process=None, port=None):
@@ -67,26 +65,13 @@ def _one_process(workdir, *args, when="0", cpu_devices=1):
     return result.returncode, result.stderr
 
 
+@pytest.fixture(scope="module")
+def expected(uninterrupted):
+    return outputs(uninterrupted)
+
+
 def outputs(workdir: Path) -> dict:
-    """What must be equal, bitwise: the tables, every member's results (less timing),
-    metrics, and its params at every kept step."""
-    files = {
-        name: (workdir / name).read_bytes()
-        for name in ("sweep.csv", "sweep.md", "sweep_histories.json")
-    }
-    x = np.random.default_rng(0).random((5, 784), np.float32)
-    for i in range(NUM_MEMBERS):
-        member = sweep_members.folder(workdir, i)
-        results = json.loads((member / "results.json").read_text())
-        for key in TIMING_KEYS:
-            results.pop(key)
-        files[f"{i}/results"] = results
-        files[f"{i}/metrics"] = (member / "metrics.jsonl").read_bytes()
-        assert checkpoints.available_steps(member) == KEPT_STEPS, member
-        for step in KEPT_STEPS:
-            logits = np.asarray(checkpoints.restore_model(member, step)(x))
-            files[f"{i}/logits@{step}"] = logits.tobytes()
-    return files
+    return sweep_outputs.outputs(workdir, NUM_MEMBERS, KEPT_STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +83,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_a_two_process_sweep_trains_once_and_equals_one_process(
-    uninterrupted, tmp_path
+    uninterrupted, expected, tmp_path
 ):
     info = json.loads((uninterrupted / "run_info.json").read_text())
     assert info["process_count"] == 2
@@ -107,11 +92,11 @@ def test_a_two_process_sweep_trains_once_and_equals_one_process(
     assert log.count("Group 2/2: 4 members") == 1  # process 0 alone writes it
     code, err = _one_process(tmp_path, cpu_devices=2)
     assert code == 0, err[-3000:]
-    assert outputs(tmp_path) == outputs(uninterrupted)
+    assert outputs(tmp_path) == expected
 
 
 def test_sigterm_to_one_process_stops_both_at_one_chunk_and_resumes_exactly(
-    uninterrupted, tmp_path
+    expected, tmp_path
 ):
     outcomes = _two_processes(tmp_path, signal_process_1="10@1")
     lines = []
@@ -132,7 +117,7 @@ def test_sigterm_to_one_process_stops_both_at_one_chunk_and_resumes_exactly(
         "Resuming 4 members from their checkpoints at step 10."
         in (tmp_path / "train.log").read_text()
     )
-    assert outputs(tmp_path) == outputs(uninterrupted)
+    assert outputs(tmp_path) == expected
 
 
 def test_a_held_sweep_folder_is_the_same_line_on_every_process(tmp_path):
@@ -149,7 +134,7 @@ def test_a_held_sweep_folder_is_the_same_line_on_every_process(tmp_path):
 
 
 def test_a_sweep_resumes_on_any_layout_and_every_step_stays_readable(
-    uninterrupted, tmp_path
+    expected, tmp_path
 ):
     """2 devices, stopped in the first group; 1 device with one member per block (the
     first group's blocks read from the 2-device block), stopped in the second group's
@@ -183,4 +168,4 @@ def test_a_sweep_resumes_on_any_layout_and_every_step_stays_readable(
     log = (tmp_path / "train.log").read_text()
     assert "Resuming 1 members from their checkpoints at step 10." in log
     assert "Resuming 4 members from their checkpoints at step 10." in log
-    assert outputs(tmp_path) == outputs(uninterrupted)
+    assert outputs(tmp_path) == expected

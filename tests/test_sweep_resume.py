@@ -1,23 +1,17 @@
 """A sweep stopped at any moment (SIGKILL, SIGINT) continues with the same command and
 ends with the same files, bitwise, as one that was never stopped."""
 
-import json
 import signal
 import subprocess
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
-from flax import nnx
 
 from mnist_jax import checkpoints, sweep_members
-from tests import processes
+from tests import processes, sweep_outputs
 
 HELPER = Path(__file__).with_name("sweep_helper.py")
 NUM_MEMBERS = 8
-# Written per run, not part of what the run computed.
-TIMING_KEYS = ("train_seconds",)
 
 
 def run_helper(workdir: Path, mode: str) -> subprocess.CompletedProcess:
@@ -32,26 +26,13 @@ def reference(tmp_path_factory):
     return workdir
 
 
+@pytest.fixture(scope="module")
+def expected(reference):
+    return outputs(reference)
+
+
 def outputs(workdir: Path) -> dict:
-    """What must be bitwise equal: the tables, the histories, every member's results
-    (less its timing) and metrics, and its parameters at every kept step."""
-    files = {
-        name: (workdir / name).read_bytes()
-        for name in ("sweep.csv", "sweep.md", "sweep_histories.json")
-    }
-    for i in range(NUM_MEMBERS):
-        member = sweep_members.folder(workdir, i)
-        results = json.loads((member / "results.json").read_text())
-        for key in TIMING_KEYS:
-            results.pop(key)
-        files[f"{i}/results"] = results
-        files[f"{i}/metrics"] = (member / "metrics.jsonl").read_bytes()
-        assert checkpoints.available_steps(member) == [5, 10, 20], member
-        for step in (5, 10, 20):
-            params = nnx.state(checkpoints.restore_model(member, step), nnx.Param)
-            for n, leaf in enumerate(jax.tree.leaves(params)):
-                files[f"{i}/params@{step}/{n}"] = np.asarray(leaf).tobytes()
-    return files
+    return sweep_outputs.outputs(workdir, NUM_MEMBERS, [5, 10, 20])
 
 
 @pytest.mark.parametrize(
@@ -65,17 +46,17 @@ def outputs(workdir: Path) -> dict:
         ("kill_in_report", "Members 1, 3, 5, 7 finished earlier: read back."),
     ],
 )
-def test_killed_sweep_resumes_bitwise(reference, tmp_path, mode, expected_log):
+def test_killed_sweep_resumes_bitwise(expected, tmp_path, mode, expected_log):
     killed = run_helper(tmp_path, mode)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (tmp_path / "sweep.png").exists()
     resumed = run_helper(tmp_path, "none")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert expected_log in (tmp_path / "train.log").read_text()
-    assert outputs(tmp_path) == outputs(reference)
+    assert outputs(tmp_path) == expected
 
 
-def test_sigint_saves_says_one_line_and_resumes_bitwise(reference, tmp_path):
+def test_sigint_saves_says_one_line_and_resumes_bitwise(expected, tmp_path):
     stopped = run_helper(tmp_path, "sigint_mid_group")
     assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
     errors = [line for line in stopped.stderr.splitlines() if "error:" in line]
@@ -87,4 +68,4 @@ def test_sigint_saves_says_one_line_and_resumes_bitwise(reference, tmp_path):
     assert checkpoints.available_steps(sweep_members.folder(tmp_path, 7)) == [5, 10]
     resumed = run_helper(tmp_path, "none")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert outputs(tmp_path) == outputs(reference)
+    assert outputs(tmp_path) == expected

@@ -264,7 +264,15 @@ class Checkpointer:
         targets of stacked arrays, or None)."""
 
         def read():
-            return block._restore(step, params, opt_state, metadata)
+            try:
+                return block._restore(step, params, opt_state, metadata)
+            except Exception as e:  # Orbax raises many types for a damaged folder
+                first_line = (str(e).strip().splitlines() or [""])[0]
+                raise UserError(
+                    f"{self.workdir}: its checkpoint at step {step} in "
+                    f"{block.directory.parent} cannot be read ({type(e).__name__}: "
+                    f"{first_line})"
+                ) from e
 
         if self._block_reads is None:  # no reads kept: a block may be large
             return read()

@@ -76,18 +76,24 @@ def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
         )
 
 
-def differing_fields(old: dict, new: dict, ignored=()) -> list[str]:
-    """'NAME (OLD -> NEW)' for each field two configs differ in, both filled onto
-    today's defaults, leaving out `ignored` and where the data was read from."""
+def identity_fields(
+    config: dict, ignored=(), where: str | os.PathLike = "a saved config"
+) -> dict[str, Any]:
+    """`config`'s flat fields filled onto today's defaults (`with_defaults`, an
+    unreadable field naming `where`), less `ignored` and where the data was read
+    from: what two configs share when they are the same run."""
     skip = (*ignored, *DATA_LOCATION_FIELDS)
-    old_flat, new_flat = (
-        {
-            k: v
-            for k, v in flat_config(with_defaults(c).to_dict()).items()
-            if k not in skip
-        }
-        for c in (old, new)
-    )
+    filled = flat_config(with_defaults(config, where).to_dict())
+    return {k: v for k, v in filled.items() if k not in skip}
+
+
+def differing_fields(
+    old: dict, new: dict, ignored=(), where: str | os.PathLike = "a saved config"
+) -> list[str]:
+    """'NAME (OLD -> NEW)' for each field two configs differ in (`identity_fields`;
+    `where` names `old` in an error)."""
+    old_flat = identity_fields(old, ignored, where)
+    new_flat = identity_fields(new, ignored)
     return [
         f"{k} ({old_flat.get(k)!r} -> {new_flat.get(k)!r})"
         for k in sorted(old_flat.keys() | new_flat.keys())
@@ -189,7 +195,7 @@ class Checkpointer:
         self._block_reads = block_reads
         self._blocks: list[Checkpointer] = []
         self._linked: dict[int, tuple[Checkpointer, dict]] = {}
-        self._own_config: dict | None = None
+        self._own_fields: dict | None = None  # of config.json, once read
         for entry in read_links(workdir):  # later links win a step
             block_dir = _block_dir(workdir, entry)
             if block_dir is None:  # gone: its steps are missing (`missing_blocks`)
@@ -321,17 +327,15 @@ class Checkpointer:
         )
 
     def _same_config(self, saved_config) -> bool:
-        if self._own_config is None:
+        if self._own_fields is None:
             path = self.workdir / CONFIG_FILE
-            self._own_config = writers.read_json(path) if path.is_file() else {}
-            with_defaults(self._own_config, path)  # an edited file: one line
-        if not self._own_config:  # nothing recorded to compare with
+            own = writers.read_json(path) if path.is_file() else {}
+            self._own_fields = own and identity_fields(own, RESUMABLE_FIELDS, path)
+        if not self._own_fields:  # nothing recorded to compare with
             return True
         if not isinstance(saved_config, dict):
             return False
-        return not differing_fields(
-            saved_config, self._own_config, ignored=RESUMABLE_FIELDS
-        )
+        return identity_fields(saved_config, RESUMABLE_FIELDS) == self._own_fields
 
     def restore(self, step: int, abstract_state) -> tuple[Any, Any, dict]:
         """(params, opt_state, metadata) at `step`, shaped like `abstract_state`."""
@@ -519,6 +523,8 @@ def check_step(
     """`step`, or the latest when None; a one-line error names the steps that exist
     (`steps`, when the caller has listed them already)."""
     steps = available_steps(workdir) if steps is None else steps
+    if steps and (step is None or step in steps):
+        return steps[-1] if step is None else step
     missing = missing_blocks(workdir)
     gone = (
         f"; the sweep checkpoints it links are not there ({', '.join(missing)}: "
@@ -529,14 +535,10 @@ def check_step(
     if not steps:
         hint = gone or " (run mnist_jax.main on it first)"
         raise UserError(f"{workdir}: no checkpoints{hint}")
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise UserError(
-            f"{workdir}: no checkpoint at step {step}; available: "
-            f"{', '.join(map(str, steps))}{gone}"
-        )
-    return step
+    raise UserError(
+        f"{workdir}: no checkpoint at step {step}; available: "
+        f"{', '.join(map(str, steps))}{gone}"
+    )
 
 
 def abstract_model(config):

@@ -9,7 +9,6 @@ run's is refused in one line.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -178,8 +177,7 @@ def compare_runs(
                 "run": name,
                 "model": run.config.model.name,
                 "optimizer": run.config.optim.name,
-                # NaN: a metric registered since the run was written
-                **{k: results.get(k, math.nan) for k in metrics.keys("val", "test")},
+                **{k: results[k] for k in metrics.keys("val", "test")},
                 "num_steps": results["num_steps"],
             }
         )

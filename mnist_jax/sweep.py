@@ -545,8 +545,7 @@ def train_groups(members: list[tuple[dict, ConfigDict]], run: SweepRun) -> list[
             rows[i] = {
                 "member": i,
                 **members[i][0],
-                # A metric registered since a member finished: not measured (NaN).
-                **{k: result.get(k, math.nan) for k in RESULT_KEYS},
+                **{k: result[k] for k in RESULT_KEYS},
                 "history": result["history"],
             }
             if "diverged_at_step" in result:

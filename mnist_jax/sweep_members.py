@@ -72,23 +72,18 @@ def metadata(config, step: int, history: list[dict], train_seconds: float) -> di
 
 def check_own(member_dir: Path, recorded_config: dict) -> None:
     """Refuses, in one line, a member folder changed outside the sweep: its config.json
-    (or results.json) says another config than the sweep's member `recorded_config`,
-    e.g. it was extended as a single run. Its numbers would otherwise be mixed into
-    sweep.csv among the other members'."""
+    says another config than the sweep's member `recorded_config`, e.g. it was
+    extended as a single run (which rewrites it). Its numbers would otherwise be mixed
+    into sweep.csv among the other members'."""
     path = member_dir / workdir_lib.CONFIG_FILE
     if not path.is_file():
         return
-    saved = writers.read_json(path)
-    checkpoints.with_defaults(saved, path)  # an edited file: one line naming it
     differing = checkpoints.differing_fields(
-        saved, recorded_config, ignored=checkpoints.LAYOUT_FIELDS
+        writers.read_json(path),
+        recorded_config,
+        ignored=checkpoints.LAYOUT_FIELDS,
+        where=path,
     )
-    results = member_dir / workdir_lib.RESULTS_FILE
-    if not differing and results.is_file():
-        steps = writers.read_results(results)["num_steps"]
-        if steps != recorded_config["train"]["num_steps"]:
-            expected = recorded_config["train"]["num_steps"]
-            differing = [f"results.json's num_steps ({expected!r} -> {steps!r})"]
     if differing:
         raise UserError(
             f"{member_dir} was changed outside the sweep: {', '.join(differing)}. "
@@ -185,12 +180,13 @@ class MemberBlock:
         """The members' latest common checkpoint, or `state` (and their first files)."""
         real = self.folders[: self.num_real]
         for f in real:
-            if checkpoints.missing_blocks(f) and not finished(f):
+            missing = checkpoints.missing_blocks(f)
+            if missing:
                 log.warning(
                     "Member %s's checkpoints in %s are gone: it trains again from its "
                     "latest checkpoint still there, or from the start.",
                     f.name,
-                    ", ".join(checkpoints.missing_blocks(f)),
+                    ", ".join(missing),
                 )
         step = resume_step(real)
         if step is None and self.chief:

@@ -66,8 +66,8 @@ RESULT_TYPES = {"num_steps": int, "train_seconds": float, "warnings": list}
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
     """A results.json, checked: `RESULT_TYPES`' fields of their types, the primary
-    metric on validation and test, and every metric it holds a number. (A metric
-    registered since the run was written is simply absent.)"""
+    metric on validation and test, and every metric it holds a number. A metric
+    registered since the run was written reads as NaN (not measured)."""
     from mnist_jax import metrics
 
     results = read_json(path)
@@ -82,7 +82,7 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     for key, value in results.items():
         if key.startswith(("val/", "test/")) and not _is_number(value):
             raise UserError(f"{path}: {key}={value!r} is not a number")
-    return results
+    return {k: math.nan for k in metrics.keys("val", "test")} | results
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:

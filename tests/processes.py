@@ -87,3 +87,16 @@ def finish(
         process.communicate()
         raise
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def same_last_line(outcomes: list[tuple[int, str]], returncode: int) -> str:
+    """The last stderr line every process of a multi-process command ended with, given
+    each one's (exit code, stderr): each exited `returncode` with no traceback, and
+    the line is the same on every process."""
+    lines = []
+    for code, err in outcomes:
+        assert code == returncode, err[-3000:]
+        assert "Traceback" not in err
+        lines.append(err.strip().splitlines()[-1])
+    assert len(set(lines)) == 1, lines  # the same line on every process
+    return lines[0]

@@ -6,7 +6,7 @@
 `configs/default.py:smoke` is a few-second offline variant for tests.
 """
 
-from mnist_jax import config_schema
+from mnist_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

@@ -9,7 +9,7 @@ CPU. On the embedded sample (the offline default): 0.896 validation, 0.908 test.
 `configs/linear.py:smoke` is the test variant.
 """
 
-from mnist_jax import config_schema
+from mnist_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

@@ -11,7 +11,7 @@ Variants: `configs/mlp.py:smoke` (tests); override fields with e.g.
 `--config.model.hidden_units='(50, 50)' --config.model.dropout_rate=0.1`.
 """
 
-from mnist_jax import config_schema
+from mnist_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

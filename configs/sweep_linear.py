@@ -13,7 +13,7 @@ CPU): best learning rate 0.03, batch 100, validation accuracy 0.9099, test accur
 sweep's workdir.
 """
 
-from mnist_jax import config_schema
+from mnist_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

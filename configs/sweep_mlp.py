@@ -14,7 +14,7 @@ CPU): best learning rate 0.05, batch 100, validation accuracy 0.9560, test accur
 the sweep's workdir.
 """
 
-from mnist_jax import config_schema
+from mnist_jax.config import schema as config_schema
 
 
 def get_config(arg=None):

@@ -11,7 +11,7 @@ Measures, on the MLP of `configs/mlp.py` (batch 30):
   fused program's first call (compilation and one run);
 - sweeps: model-steps per second for 1, 16 (4 learning rates x 4 seeds), 64 (16 x 4)
   and, on a GPU or TPU or with `--sweep_1024`, 1024 (64 x 16) members, trained by the
-  sweep's own programs and blocks (`mnist_jax.sizing`) with one JAX device per CPU
+  sweep's own programs and blocks (`mnist_jax.sweep.sizing`) with one JAX device per CPU
   core, as `python -m mnist_jax.sweep` does; each one's first call (compilation), the
   device's peak memory so far where the device reports it (`memory_stats()`), and the
   achieved model GFLOP/s (6 x batch x params per step) against the float32 matmul
@@ -22,7 +22,7 @@ Measures, on the MLP of `configs/mlp.py` (batch 30):
   and `--sweeps` (16- and 64-member) sweeps (`--steps` steps, 10 periods), wall time
   and peak RSS, and the sweeps' wall time as a multiple of the single run's;
 - what member checkpoints cost: the largest sweep trained in this process with and
-  without them (`sweep.run_sweep(..., save=False)`), alternating, and their share of
+  without them (`runner.run_sweep(..., save=False)`), alternating, and their share of
   its wall time.
 
 `--steps=20 --repeats=1 --sweeps=4` checks in a minute that it all runs
@@ -47,20 +47,13 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from mnist_jax import (
-    cli,
-    config_schema,
-    data,
-    loop,
-    optim,
-    schedule,
-    sizing,
-    startup,
-    sweep,
-    train,
-    writers,
-)
-from mnist_jax import mesh as mesh_lib
+from mnist_jax import cli, data
+from mnist_jax.config import schema as config_schema
+from mnist_jax.core import optim, programs
+from mnist_jax.platform import devices, startup
+from mnist_jax.platform import mesh as mesh_lib
+from mnist_jax.run import loop, schedule, writers
+from mnist_jax.sweep import grid, groups, runner, sizing
 
 # JAX on a GPU takes 75% of its memory at start-up; this process and the runs it
 # starts share the device, so each takes only what it uses.
@@ -158,7 +151,7 @@ def plain_loop_seconds(
     return median_seconds(run, repeats)
 
 
-def grid(num_lrs: int, num_seeds: int) -> tuple[np.ndarray, range]:
+def sweep_grid(num_lrs: int, num_seeds: int) -> tuple[np.ndarray, range]:
     """The benchmark's sweep grids: learning rates 0.01..0.3 (log-spaced) x seeds."""
     return np.geomspace(0.01, 0.3, num_lrs), range(num_seeds)
 
@@ -172,7 +165,7 @@ def grid_shape(members: int) -> tuple[int, int]:
 
 def sweep_config(config, num_lrs: int, num_seeds: int) -> ConfigDict:
     """`config` with the `grid` as its sweep axes (seed, learning rate)."""
-    learning_rates, seeds = grid(num_lrs, num_seeds)
+    learning_rates, seeds = sweep_grid(num_lrs, num_seeds)
     return config_schema.with_sweep(
         ConfigDict(config.to_dict()),
         {
@@ -197,20 +190,20 @@ def sweep_seconds(
     and the first call's time (compilation and the measured steps). Evaluation is left out (the
     process timings below include it)."""
     grid_config = sweep_config(config, num_lrs, num_seeds)
-    configs = [member for _, member in sweep.expand(grid_config)]
+    configs = [member for _, member in grid.expand(grid_config)]
     device_mesh = mesh_lib.make_sweep_mesh(())
-    blocks, size = sweep.block_layout(
+    blocks, size = groups.block_layout(
         len(configs),
         device_mesh.shape["members"],
         sizing.members_per_device(config, device_mesh),
     )
     configs += [configs[-1]] * (blocks * size - len(configs))
     pool = data.to_device(host, mesh_lib.replicated(device_mesh)).without_test()
-    programs = sweep.group_programs(
+    programs = groups.group_programs(
         config, len(host.pool_labels), host.num_train, device_mesh
     )
     runs = [
-        programs.init(*sweep.member_arrays(configs[b * size : (b + 1) * size]))
+        programs.init(*groups.member_arrays(configs[b * size : (b + 1) * size]))
         for b in range(blocks)
     ]
     orders = [loop.EpochOrders(programs.program, programs.order, m) for _, m in runs]
@@ -244,18 +237,18 @@ def sweep_seconds(
 
 
 def checkpoint_share(config, members: int, pairs: int) -> dict:
-    """What member checkpoints cost a sweep: `sweep.run_sweep` of the grid with and
+    """What member checkpoints cost a sweep: `runner.run_sweep` of the grid with and
     without them (`save=False`) in this process, after one unmeasured run (imports,
     first uses), `pairs` times each in alternating order; the share is
     1 - median(without) / median(with)."""
     grid_config = sweep_config(config, *grid_shape(members))
     seconds = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
-        sweep.run_sweep(grid_config, f"{tmp}/warm-up")
+        runner.run_sweep(grid_config, f"{tmp}/warm-up")
         for i in range(pairs):
             for save in (True, False) if i % 2 else (False, True):
                 start = time.perf_counter()
-                sweep.run_sweep(grid_config, f"{tmp}/{i}{save}", save=save)
+                runner.run_sweep(grid_config, f"{tmp}/{i}{save}", save=save)
                 seconds[save].append(time.perf_counter() - start)
     with_s, without_s = np.median(seconds[True]), np.median(seconds[False])
     return {
@@ -293,7 +286,7 @@ def process(args: list[str]) -> dict:
 
 
 def sweep_args(workdir, members: int, num_steps: int) -> list[str]:
-    learning_rates, seeds = grid(*grid_shape(members))
+    learning_rates, seeds = sweep_grid(*grid_shape(members))
     lrs = ",".join(f"{x:.4f}" for x in learning_rates)
     seeds = ",".join(map(str, seeds))
     return [
@@ -311,7 +304,7 @@ def sweep_args(workdir, members: int, num_steps: int) -> list[str]:
 
 
 def main(argv) -> None:
-    sweep.use_cpu_cores()  # as `python -m mnist_jax.sweep` does; single runs use one
+    devices.use_cpu_cores()  # as `python -m mnist_jax.sweep` does; single runs use one
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     num_steps, repeats = _STEPS.value, _REPEATS.value
@@ -321,7 +314,7 @@ def main(argv) -> None:
     sizes = sorted({int(m) for m in _SWEEPS.value})
     host = data.load(config.data)
     dataset = data.to_device(host)
-    program, state, member = train.init_run(config, host)
+    program, state, member = programs.init_run(config, host)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     flops_per_step = 6 * config.train.batch_size * num_params
 

@@ -11,12 +11,13 @@ folder `./comparison-YYYYMMDD-HHMMSS` in the current directory (never into a
 workdir). A `--out` that already holds a `comparison.md` is refused unless
 `--overwrite`. `--data_path` reads the runs' data from a folder it has moved to since
 training (it must be the same examples). In a notebook:
-`mnist_jax.reports.compare_runs`.
+`mnist_jax.analysis.reports.compare_runs`.
 """
 
 from absl import flags
 
-from mnist_jax import cli, reports
+from mnist_jax import cli
+from mnist_jax.analysis import reports
 
 _WORKDIRS = flags.DEFINE_list(
     "workdirs", None, "Run workdirs to compare.", required=True

@@ -7,12 +7,13 @@ Writes `confusion_matrix_step{N}_{split}.png` (row-normalised heatmap), `.csv` (
 `confused_pairs_step{N}_{split}.md` and `.png` (a few mistakes of each pair) into
 `W/analysis/` or `--out`. The step defaults to the latest checkpoint. `--data_path`
 reads the run's data from a folder it has moved to since training (it must be the
-same examples). In a notebook: `mnist_jax.reports.confusion_report`.
+same examples). In a notebook: `mnist_jax.analysis.reports.confusion_report`.
 """
 
 from absl import flags
 
-from mnist_jax import cli, reports
+from mnist_jax import cli
+from mnist_jax.analysis import reports
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.", required=True)
 _STEP = flags.DEFINE_integer(

@@ -7,12 +7,13 @@ Writes `convergence.csv` / `.md` (per setting and step: mean and std over seeds 
 validation accuracy, log loss and the first layer's L2 distance from its
 initialisation) and `convergence.png` (the swept value on x, log-scaled for learning
 rates; one line per step) into `SWEEP/analysis/` or `--out`. In a notebook:
-`mnist_jax.convergence.sweep_convergence`.
+`mnist_jax.analysis.convergence.sweep_convergence`.
 """
 
 from absl import flags
 
-from mnist_jax import cli, convergence
+from mnist_jax import cli
+from mnist_jax.analysis import convergence
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A sweep's workdir.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output folder; default SWEEP/analysis.")

@@ -9,12 +9,13 @@ and log loss, L2 distance of the first-layer weights from init and from the prev
 checkpoint, mean spatial smoothness, share of dead and ignored units) into
 `W/analysis/` or `--out`. `--data_path` reads the run's data from a folder it has
 moved to since training (it must be the same examples). In a notebook:
-`mnist_jax.reports.weight_evolution`.
+`mnist_jax.analysis.reports.weight_evolution`.
 """
 
 from absl import flags
 
-from mnist_jax import cli, reports
+from mnist_jax import cli
+from mnist_jax.analysis import reports
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run's workdir.", required=True)
 _STEPS = flags.DEFINE_list(

@@ -42,7 +42,7 @@ def compilation_cache_dir() -> str | None:
     for variable in ("MNIST_JAX_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR"):
         if os.environ.get(variable):
             return os.environ[variable]
-    from mnist_jax import download
+    from mnist_jax.data import download
 
     return str(download.cache_dir() / "xla")
 
@@ -142,7 +142,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         AttributeError,
         KeyError,
     ) as e:  # ml_collections: override of an unknown field
-        from mnist_jax import config_schema
+        from mnist_jax.config import schema as config_schema
 
         for arg in argv:
             if arg.startswith("--config."):
@@ -171,7 +171,7 @@ def check_config(config, spec: str | None) -> None:
     used) or a `get_config()` that returned something else."""
     from ml_collections import ConfigDict
 
-    from mnist_jax import config_files
+    from mnist_jax.config import files as config_files
 
     if isinstance(config, ConfigDict):
         return
@@ -203,7 +203,7 @@ def run(main: Callable[[list[str]], None]) -> None:
     def guarded(argv):
         if len(argv) > 1:
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
-        from mnist_jax import startup  # imports JAX: only once the flags are good
+        from mnist_jax.platform import startup
 
         # Orbax and JAX log every save and backend probe at INFO; keep our own lines.
         for chatty in ("absl", "jax"):

@@ -22,7 +22,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv) -> None:
-    from mnist_jax import devices, train
+    from mnist_jax.platform import devices
+    from mnist_jax.run import train
 
     devices.log_startup()
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

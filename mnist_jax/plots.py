@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mnist_jax import metrics
+from mnist_jax.core import metrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

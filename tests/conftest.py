@@ -121,7 +121,7 @@ def _files(workdir: Path) -> dict[str, tuple[int, int]]:
 
 
 def _shared_run(tmp_path_factory, name: str, config):
-    from mnist_jax import train
+    from mnist_jax.run import train
 
     # Session fixtures are set up before the per-test isolation above applies.
     with pytest.MonkeyPatch.context() as patch:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnist_jax import loop, sweep_members  # noqa: E402
+from mnist_jax.run import loop
+from mnist_jax.sweep import members as sweep_members
 
 
 def signal_single_run(step: int, signum: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import mlp  # noqa: E402
-from mnist_jax import checkpoints, train, writers  # noqa: E402
+from mnist_jax.run import checkpoints, train, writers
 
 
 def config(num_steps=200):

@@ -19,8 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import sweep_mlp  # noqa: E402
-from mnist_jax import checkpoints, sweep, sweep_members, sweep_report  # noqa: E402
 from mnist_jax.errors import Interrupted  # noqa: E402
+from mnist_jax.run import checkpoints
+from mnist_jax.sweep import members as sweep_members
+from mnist_jax.sweep import report as sweep_report
+from mnist_jax.sweep import runner
 
 # Members 0, 2, 4, 6 (batch 10) are the first group; 1, 3, 5, 7 (batch 30) the second.
 LAST_OF_FIRST_GROUP, SECOND_GROUP_MEMBER = "6", "7"
@@ -76,7 +79,7 @@ def main():
 
         sweep_report.plot_sweep = plot_then_die
     try:
-        sweep.run_sweep(config(), workdir)
+        runner.run_sweep(config(), workdir)
     except Interrupted as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -9,7 +9,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mnist_jax import checkpoints, sweep_members
+from mnist_jax.core import programs
+from mnist_jax.run import checkpoints
+from mnist_jax.sweep import members as sweep_members
 
 TIMING_KEYS = ("train_seconds",)  # written per run, not part of what it computed
 
@@ -29,7 +31,7 @@ def outputs(workdir: Path, num_members: int, kept_steps: list[int]) -> dict:
         files[f"{i}/metrics"] = (member / "metrics.jsonl").read_bytes()
         assert checkpoints.available_steps(member) == kept_steps, member
         config = checkpoints.read_config(member)
-        _, abstract = nnx.split(checkpoints.abstract_model(config))
+        _, abstract = nnx.split(programs.abstract_model(config))
         with checkpoints.Checkpointer(
             member, read_only=True, block_reads=reads
         ) as checkpointer:

@@ -18,7 +18,8 @@ import re
 import pytest
 
 from configs import linear, mlp
-from mnist_jax import reports, train
+from mnist_jax.analysis import reports
+from mnist_jax.run import train
 from tests.processes import REPO
 
 # (accuracy, log loss) tolerances per model, from the spread between machines above.

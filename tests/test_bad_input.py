@@ -9,8 +9,9 @@ import shutil
 import pytest
 
 from configs import mlp
-from mnist_jax import sources, train
+from mnist_jax.data import readers as sources
 from mnist_jax.errors import UserError
+from mnist_jax.run import train
 from tests import processes
 from tests.conftest import copy_workdir
 from tests.test_data import _idx_bytes, write_idx_dir, write_mlcc_dir

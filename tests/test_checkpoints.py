@@ -8,8 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import analysis, checkpoints, data, schedule, steps, train, writers
+from mnist_jax import data
+from mnist_jax.analysis import runs as analysis
+from mnist_jax.core import programs, steps
 from mnist_jax.errors import UserError
+from mnist_jax.run import checkpoints, schedule, train, writers
 from tests.conftest import copy_workdir
 from tests.run_helper import config as resumable_config
 
@@ -115,7 +118,7 @@ def test_restored_model_predicts_what_the_live_one_did(tmp_path):
     config = _config(num_steps=20)
     host = data.load(config.data)
     dataset = data.to_device(host)
-    program, state, member = train.init_run(config, host)
+    program, state, member = programs.init_run(config, host)
     state, _ = jax.jit(program.train_steps, static_argnums=1)(
         state, 20, dataset, member
     )
@@ -166,7 +169,7 @@ def test_a_save_keeps_the_metadata_as_it_was_when_saved(tmp_path, monkeypatch):
     appending to must be saved as it was at the save, or a resume from that step would
     replay (and write twice) the periods after it."""
     config = _config()
-    _, state, _ = train.init_run(config, data.load(config.data))
+    _, state, _ = programs.init_run(config, data.load(config.data))
     history = [{"step": 20, "val/accuracy": 0.5}]
     with checkpoints.Checkpointer(tmp_path, keep_steps=(20,)) as checkpointer:
         handed = []  # what Orbax will serialise, whenever its thread gets to it
@@ -191,7 +194,7 @@ def test_a_member_folder_reads_its_slice_of_the_linked_block_checkpoints(tmp_pat
     absolute one when the member folder is copied out alone; with a block found by
     neither, its own steps still read and the missing ones are named in one line."""
     config = _config(num_steps=20)
-    _, state, _ = train.init_run(config, data.load(config.data))
+    _, state, _ = programs.init_run(config, data.load(config.data))
 
     def block_state(offset: float, size: int = 3):  # member i: state + offset + i
         stack = lambda tree: jax.tree.map(  # noqa: E731

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from configs import mlp, sweep_mlp
-from mnist_jax import config_files
+from mnist_jax.config import files as config_files
 from mnist_jax.errors import ConfigError
 from tests import processes
 from tests.processes import REPO
@@ -150,7 +150,7 @@ def test_readme_notebook_snippet_outside_the_repository(tmp_path):
         """
         import importlib.util
         assert importlib.util.find_spec("configs") is None
-        from mnist_jax.config_files import load_config
+        from mnist_jax.config.files import load_config
         config = load_config("configs/mlp.py:smoke")
         print(config.model.name, config.train.num_steps)
         """

@@ -3,8 +3,9 @@ import json
 import pytest
 
 from configs import default, linear, mlp
-from mnist_jax import checkpoints, config_schema
+from mnist_jax.config import schema as config_schema
 from mnist_jax.errors import ConfigError
+from mnist_jax.run import checkpoints
 
 
 @pytest.mark.parametrize("module", [default, linear, mlp])

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from mnist_jax import array_cache, data, sources
+from mnist_jax import data
+from mnist_jax.data import array_cache
+from mnist_jax.data import readers as sources
 from mnist_jax.errors import ConfigError, DataError
 
 

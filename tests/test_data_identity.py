@@ -10,8 +10,11 @@ import shutil
 import pytest
 
 from configs import mlp
-from mnist_jax import analysis, checkpoints, data, reports, train
+from mnist_jax import data
+from mnist_jax.analysis import reports
+from mnist_jax.analysis import runs as analysis
 from mnist_jax.errors import DataError, UserError
+from mnist_jax.run import checkpoints, train
 from tests import processes
 from tests.processes import REPO
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from mnist_jax import devices
+from mnist_jax.platform import devices
 from tests import processes
 
 

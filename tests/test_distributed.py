@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from configs import mlp
-from mnist_jax import checkpoints, mesh, train, writers
 from mnist_jax.errors import ConfigError
+from mnist_jax.platform import mesh
+from mnist_jax.run import checkpoints, train, writers
 from tests import processes
 
 RUN = ["--config=configs/mlp.py:smoke", "--config.train.batch_size=32"]

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from mnist_jax import data, download, sources
+from mnist_jax import data
+from mnist_jax.data import download
+from mnist_jax.data import readers as sources
 from mnist_jax.errors import DataError
 from tests.test_data import _data_config, write_mlcc_dir
 

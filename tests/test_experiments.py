@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mnist_jax import analysis
+from mnist_jax.analysis import runs as analysis
 from tests import processes
 from tests.conftest import copy_workdir
 

@@ -10,7 +10,11 @@ import pytest
 from flax import nnx
 
 from configs import mlp
-from mnist_jax import checkpoints, config_schema, models, reports, sweep, train, writers
+from mnist_jax.analysis import reports
+from mnist_jax.config import schema as config_schema
+from mnist_jax.core import models
+from mnist_jax.run import checkpoints, train, writers
+from mnist_jax.sweep import runner
 from tests import processes
 
 
@@ -77,7 +81,7 @@ def test_a_registered_model_sweeps(cnn, tmp_path):
     config = config_schema.with_sweep(
         _config(), {"optim.learning_rate": (0.03, 0.1), "model.channels": (2, 4)}
     )
-    rows = sweep.run_sweep(config, tmp_path / "sweep")
+    rows = runner.run_sweep(config, tmp_path / "sweep")
     grid = {(r["optim.learning_rate"], r["model.channels"]) for r in rows}
     assert grid == {(0.03, 2), (0.03, 4), (0.1, 2), (0.1, 4)}
     # A member is, to the bit, the single run of its config (README, "Sweeps").
@@ -87,7 +91,7 @@ def test_a_registered_model_sweeps(cnn, tmp_path):
     single_config = _config(channels=4)
     single_config.optim.learning_rate = 0.1
     single = train.train_and_evaluate(single_config, tmp_path / "single")
-    for key in sweep.RESULT_KEYS:
+    for key in runner.RESULT_KEYS:
         assert member[key] == single[key], key
     best = (tmp_path / "sweep" / "best_config.py").read_text()
     assert "test_cnn" in best

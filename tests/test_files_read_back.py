@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_jax import reports
+from mnist_jax.analysis import reports
 from mnist_jax.errors import UserError
 from tests import processes
 from tests.conftest import copy_workdir
@@ -108,7 +108,7 @@ def test_a_config_file_returning_no_config_dict_is_one_line(
 
 
 def test_load_config_refuses_what_is_not_a_config_dict(tmp_path):
-    from mnist_jax import config_files
+    from mnist_jax.config import files as config_files
     from mnist_jax.errors import ConfigError
 
     path = tmp_path / "plain.py"
@@ -134,8 +134,8 @@ def test_analysis_flags_are_checked(mlp_smoke_run, script, args, message):
 
 
 def test_sweep_member_results_are_checked(tmp_path):
-    from mnist_jax import sweep_members
     from mnist_jax.errors import UserError
+    from mnist_jax.sweep import members as sweep_members
 
     member = Path(tmp_path)
     (member / "results.json").write_text(json.dumps({"num_steps": 20}))

@@ -14,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoints, cli, interrupts
-from mnist_jax import workdir as workdir_lib
+from mnist_jax import cli
 from mnist_jax.errors import UserError
+from mnist_jax.run import checkpoints, interrupts
+from mnist_jax.run import workdir as workdir_lib
 from tests import processes
 from tests.test_distributed import _free_port
 

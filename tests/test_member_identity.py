@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from configs import sweep_linear
-from mnist_jax import checkpoints, sweep, sweep_members, train
+from mnist_jax.core import programs
 from mnist_jax.errors import UserError
+from mnist_jax.run import checkpoints, train
+from mnist_jax.sweep import members as sweep_members
+from mnist_jax.sweep import runner
 
 X = np.random.default_rng(0).random((5, 784), np.float32)
 
@@ -21,7 +24,7 @@ def _sweep(workdir, seeds=(0, 1)):
     config.sweep.optim.learning_rate = (0.1,)
     config.sweep.train.batch_size = (10,)
     config.sweep.seed = seeds
-    sweep.run_sweep(config, workdir)
+    runner.run_sweep(config, workdir)
     return config
 
 
@@ -145,12 +148,13 @@ def test_a_resumed_block_reads_each_block_checkpoint_once(finished, monkeypatch)
     (its metadata, then its arrays), not one per member."""
     import jax
 
-    from mnist_jax import data, startup
+    from mnist_jax import data
+    from mnist_jax.platform import startup
 
     workdir, logits = finished
     folders = [sweep_members.folder(workdir, i) for i in range(2)]
     config = checkpoints.read_config(folders[0])
-    _, state, _ = train.init_run(config, data.load(config.data))
+    _, state, _ = programs.init_run(config, data.load(config.data))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     manager = startup.orbax().CheckpointManager
     reads = []

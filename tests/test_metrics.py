@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import sklearn.metrics
 
-from mnist_jax import metrics
+from mnist_jax.core import metrics
 
 
 def _random_case(n=500, seed=0):

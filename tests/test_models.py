@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
-from mnist_jax import models
+from mnist_jax.core import models
 from mnist_jax.errors import ConfigError
 
 

@@ -8,9 +8,11 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
-from mnist_jax import config_schema, models, optim, steps
+from mnist_jax.config import schema as config_schema
+from mnist_jax.core import models, optim, steps
 from mnist_jax.data import Dataset
 from mnist_jax.errors import ConfigError
+from mnist_jax.sweep import runner
 
 
 def _numpy_tf1_linear(x, y, lr, clip, num_steps, reduction):
@@ -168,13 +170,12 @@ def test_unknown_optimizer_names_the_choices():
 
 def test_the_optimizer_is_a_sweep_axis(tmp_path):
     from configs import sweep_mlp
-    from mnist_jax import sweep
 
     config = config_schema.with_sweep(
         sweep_mlp.smoke(sweep_mlp.get_config()),
         {"optim.name": ("adagrad", "adam"), "optim.learning_rate": (0.01,)},
     )
-    rows = sweep.run_sweep(config, tmp_path)
+    rows = runner.run_sweep(config, tmp_path)
     assert [r["optim.name"] for r in rows] == ["adagrad", "adam"]
     assert rows[0]["val/log_loss"] != rows[1]["val/log_loss"]
     table = (tmp_path / "sweep.csv").read_text().splitlines()

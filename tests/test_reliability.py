@@ -11,9 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import checkpoints, data, loop, train, writers
-from mnist_jax import workdir as workdir_lib
+from mnist_jax import data
+from mnist_jax.core import programs
 from mnist_jax.errors import TrainingDiverged
+from mnist_jax.run import checkpoints, loop, train, writers
+from mnist_jax.run import workdir as workdir_lib
 from tests import processes
 from tests.run_helper import config as helper_config
 
@@ -133,7 +135,7 @@ def _assert_nothing_bad_kept(workdir, config, diverged_at):
     state both, to finite numbers; no results; every metrics row finite."""
     kept = checkpoints.available_steps(workdir)
     assert all(step < diverged_at for step in kept), (kept, diverged_at)
-    _, state, _ = train.init_run(config, data.load(config.data))
+    _, state, _ = programs.init_run(config, data.load(config.data))
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
     )

@@ -7,8 +7,12 @@ import jax
 import pytest
 
 from configs import mlp
-from mnist_jax import config_schema, data, mesh, schedule, sizing, sweep
+from mnist_jax import data
+from mnist_jax.config import schema as config_schema
 from mnist_jax.errors import ConfigError
+from mnist_jax.platform import mesh
+from mnist_jax.run import schedule
+from mnist_jax.sweep import groups, sizing
 
 H200_BYTES = 141 * 10**9
 
@@ -16,7 +20,7 @@ H200_BYTES = 141 * 10**9
 def test_1024_mlp_members_form_one_block_on_a_141_gb_device():
     per_device = sizing.fitting(sizing.member_bytes(mlp.get_config()), H200_BYTES)
     assert per_device >= 1024
-    assert sweep.block_layout(1024, 1, per_device) == (1, 1024)
+    assert groups.block_layout(1024, 1, per_device) == (1, 1024)
 
 
 def test_member_bytes_counts_state_and_activations():
@@ -57,8 +61,10 @@ def test_the_estimate_bounds_what_a_compiled_block_holds():
     num_pool, num_train = config.data.num_examples, config.data.num_train
     device_mesh = mesh.make_sweep_mesh(())
     size = 8
-    programs = sweep.group_programs(config, num_pool, num_train, device_mesh)
-    state, member = jax.eval_shape(programs.init, *sweep.member_arrays([config] * size))
+    programs = groups.group_programs(config, num_pool, num_train, device_mesh)
+    state, member = jax.eval_shape(
+        programs.init, *groups.member_arrays([config] * size)
+    )
     pool = mesh.specs(data.pool_spec(num_pool), mesh.replicated(device_mesh))
     order = jax.eval_shape(programs.order, member, jax.ShapeDtypeStruct((), "int32"))
     length = schedule.loop_lengths(config)[0]

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from mnist_jax import config_schema, data, loop, schedule, steps, train
+from mnist_jax import data
+from mnist_jax.config import schema as config_schema
+from mnist_jax.core import programs, steps
 from mnist_jax.errors import ConfigError
+from mnist_jax.run import loop, schedule, train
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +18,7 @@ def run():
     config = mlp.get_config("smoke")
     config.model.dropout_rate = 0.3  # per-step randomness too
     host = data.load(config.data)
-    program, state, member = train.init_run(config, host)
+    program, state, member = programs.init_run(config, host)
     return program, state, member, data.to_device(host)
 
 

@@ -11,19 +11,14 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from configs import sweep_linear, sweep_mlp
-from mnist_jax import (
-    analysis,
-    checkpoints,
-    config_schema,
-    reports,
-    sizing,
-    sweep,
-    sweep_members,
-    train,
-    writers,
-)
-from mnist_jax import workdir as workdir_lib
+from mnist_jax.analysis import reports
+from mnist_jax.analysis import runs as analysis
+from mnist_jax.config import schema as config_schema
 from mnist_jax.errors import ConfigError, UserError
+from mnist_jax.run import checkpoints, train, writers
+from mnist_jax.run import workdir as workdir_lib
+from mnist_jax.sweep import grid, groups, runner, sizing
+from mnist_jax.sweep import members as sweep_members
 from tests import processes
 from tests.processes import REPO
 
@@ -55,34 +50,34 @@ def _smoke_sweep_on_two_devices(workdir, *overrides: str) -> None:
 @pytest.mark.parametrize("module", [sweep_mlp, sweep_linear])
 def test_grid_is_the_product_of_the_axes(module):
     config = module.get_config()
-    grid = sweep.axes(config)
-    members = sweep.expand(config)
-    assert len(members) == math.prod(len(values) for values in grid.values())
+    swept = grid.axes(config)
+    members = grid.expand(config)
+    assert len(members) == math.prod(len(values) for values in swept.values())
     assert len({json.dumps(h, sort_keys=True) for h, _ in members}) == len(members)
     for hparams, member in members:
-        assert set(hparams) == set(grid) and "sweep" not in member
+        assert set(hparams) == set(swept) and "sweep" not in member
         for name, value in hparams.items():
             assert dict(config_schema.leaves(member))[name] == value, name
     # seeds, learning rates and clip norms are traced: they share a program
-    groups = {sweep.group_key(c) for _, c in members}
+    groups = {grid.group_key(c) for _, c in members}
     assert len(groups) == math.prod(
-        len(values) for name, values in grid.items() if name not in sweep.TRACED_FIELDS
+        len(values) for name, values in grid.items() if name not in grid.TRACED_FIELDS
     )
 
 
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sweep")
-    return workdir, sweep.run_sweep(_small_sweep(), workdir)
+    return workdir, runner.run_sweep(_small_sweep(), workdir)
 
 
 def test_members_match_single_runs(smoke_sweep, tmp_path):
     _, rows = smoke_sweep
-    for row, (_, member) in zip(rows, sweep.expand(_small_sweep()), strict=True):
+    for row, (_, member) in zip(rows, grid.expand(_small_sweep()), strict=True):
         if row["member"] not in (1, 2):
             continue
         single = train.train_and_evaluate(member, tmp_path / str(row["member"]))
-        for key in sweep.RESULT_KEYS:
+        for key in runner.RESULT_KEYS:
             assert row[key] == single[key], key
 
 
@@ -147,7 +142,7 @@ def test_sweep_outputs(smoke_sweep):
 def test_shipped_sweep_configs_expand():
     for module in (sweep_mlp, sweep_linear):
         for arg in (None, "smoke"):
-            assert sweep.expand(module.get_config(arg))
+            assert grid.expand(module.get_config(arg))
 
 
 @pytest.mark.parametrize(
@@ -166,12 +161,12 @@ def test_bad_axes_are_named(axis, values, message):
         config.sweep[group] = config.sweep.get(group) or ConfigDict()
         config.sweep[group][field] = values
     with pytest.raises(ConfigError, match=message):
-        sweep.expand(config)
+        grid.expand(config)
 
 
 def test_no_axes_is_one_member_the_config_itself():
     config = config_schema.default_config()
-    [(hparams, member)] = sweep.expand(config)
+    [(hparams, member)] = grid.expand(config)
     assert hparams == {} and member.to_dict() == config.to_dict()
 
 
@@ -181,7 +176,7 @@ def test_block_layout(per_device):
     of the shards, at most the cap per device, none empty, and no more than needed."""
     for num_shards in (1, 2, 3, 8):
         for num_members in range(1, 130):
-            blocks, size = sweep.block_layout(num_members, num_shards, per_device)
+            blocks, size = groups.block_layout(num_members, num_shards, per_device)
             case = (num_members, num_shards, blocks, size)
             assert blocks * size >= num_members, case
             assert size % num_shards == 0 and size // num_shards <= per_device, case
@@ -193,9 +188,9 @@ def test_block_layout(per_device):
 def test_blocks_give_the_same_members(smoke_sweep, tmp_path, monkeypatch):
     _, rows = smoke_sweep
     monkeypatch.setattr(sizing, "CACHE_MEMBERS_PER_DEVICE", 3)  # 2 blocks of 2
-    blocked = sweep.run_sweep(_small_sweep(), tmp_path)
+    blocked = runner.run_sweep(_small_sweep(), tmp_path)
     for a, b in zip(rows, blocked, strict=True):
-        for key in sweep.RESULT_KEYS:
+        for key in runner.RESULT_KEYS:
             assert a[key] == b[key], key
 
 
@@ -213,7 +208,7 @@ def test_cli_shards_members_over_one_cpu_device_per_core(smoke_sweep, tmp_path):
     table = pd.read_csv(workdir / "sweep.csv")
     _, rows = smoke_sweep
     for row, (_, cli_row) in zip(rows, table.iterrows(), strict=True):
-        for key in sweep.RESULT_KEYS:
+        for key in runner.RESULT_KEYS:
             assert cli_row[key] == row[key], key
 
 
@@ -254,8 +249,8 @@ def test_member_folders_are_single_runs(smoke_sweep, tmp_path):
     assert config.optim.learning_rate == rows[1]["optim.learning_rate"]
     assert config.seed == rows[1]["seed"] and config.data.source == "embedded"
     results = json.loads((member / "results.json").read_text())
-    assert {k: results[k] for k in sweep.RESULT_KEYS} == {
-        k: rows[1][k] for k in sweep.RESULT_KEYS
+    assert {k: results[k] for k in runner.RESULT_KEYS} == {
+        k: rows[1][k] for k in runner.RESULT_KEYS
     }
     assert writers.read_metrics(member) == rows[1]["history"]
     # TensorBoard: the history's scalars at their steps, and the member's hparams
@@ -337,7 +332,7 @@ def test_a_single_run_or_another_sweep_is_refused(smoke_sweep, tmp_path):
     other = _small_sweep()
     other.sweep.optim.learning_rate = (0.01,)
     with pytest.raises(UserError, match="holds a sweep of another config") as error:
-        sweep.run_sweep(other, workdir)
+        runner.run_sweep(other, workdir)
     assert "sweep.optim.learning_rate ([0.03, 0.1] -> [0.01])" in str(error.value)
     single = tmp_path / "single"
     single.mkdir()
@@ -345,12 +340,12 @@ def test_a_single_run_or_another_sweep_is_refused(smoke_sweep, tmp_path):
         json.dumps(config_schema.default_config().to_dict())
     )
     with pytest.raises(UserError, match="holds a single run, not a sweep"):
-        sweep.run_sweep(_small_sweep(), single)
+        runner.run_sweep(_small_sweep(), single)
 
 
 def test_a_locked_folder_is_refused(tmp_path):
     with workdir_lib.lock(tmp_path), pytest.raises(UserError, match="is in use by"):
-        sweep.run_sweep(_small_sweep(), tmp_path)
+        runner.run_sweep(_small_sweep(), tmp_path)
 
 
 def test_numbers_read_correctly_in_tables():
@@ -372,7 +367,7 @@ def test_numbers_read_correctly_in_tables():
 )
 def test_bad_axis_flags_are_named(spec, message):
     with pytest.raises(ConfigError, match=message):
-        sweep.add_axes(sweep_mlp.get_config("smoke"), [spec])
+        grid.add_axes(sweep_mlp.get_config("smoke"), [spec])
 
 
 def test_any_field_is_an_axis_from_the_command_line(tmp_path):

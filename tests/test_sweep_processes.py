@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_jax import checkpoints, sweep_members
-from mnist_jax import workdir as workdir_lib
+from mnist_jax.run import checkpoints
+from mnist_jax.run import workdir as workdir_lib
+from mnist_jax.sweep import members as sweep_members
 from tests import processes, sweep_outputs
 from tests.test_distributed import _free_port
 

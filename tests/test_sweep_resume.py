@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_jax import checkpoints, sweep_members
+from mnist_jax.run import checkpoints
+from mnist_jax.sweep import members as sweep_members
 from tests import processes, sweep_outputs
 
 HELPER = Path(__file__).with_name("sweep_helper.py")

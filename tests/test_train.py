@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from mnist_jax import checkpoints, data, metrics, plots, schedule, steps, train, writers
+from mnist_jax import data, plots
+from mnist_jax.core import metrics, programs, steps
+from mnist_jax.run import checkpoints, schedule, train, writers
 from tests import processes
 
 RESULT_KEYS = {
@@ -104,7 +106,7 @@ def test_chunking_does_not_change_training():
     config.model.dropout_rate = 0.3
     host = data.load(config.data)
     dataset = data.to_device(host)
-    program, state, member = train.init_run(config, host)
+    program, state, member = programs.init_run(config, host)
     train_steps = jax.jit(program.train_steps, static_argnums=1)
     whole, _ = train_steps(state, 60, dataset, member)  # > 1 epoch of 25
     chunked = state
@@ -117,7 +119,7 @@ def test_chunking_does_not_change_training():
 @pytest.fixture(scope="module")
 def smoke_program():
     config = mlp.get_config("smoke")
-    program, state, _ = train.init_run(config, data.load(config.data))
+    program, state, _ = programs.init_run(config, data.load(config.data))
     return program, state.params
 
 

@@ -68,7 +68,7 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     """A results.json, checked: `RESULT_TYPES`' fields of their types, the primary
     metric on validation and test, and every metric it holds a number. A metric
     registered since the run was written reads as NaN (not measured)."""
-    from mnist_jax import metrics
+    from mnist_jax.core import metrics
 
     results = read_json(path)
     for key in (f"val/{metrics.PRIMARY}", f"test/{metrics.PRIMARY}"):

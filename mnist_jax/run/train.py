@@ -10,102 +10,28 @@ evaluates) and at checkpoint steps. A workdir with checkpoints is resumed.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mnist_jax import (
-    checkpoints,
-    config_schema,
-    data,
-    loop,
-    metrics,
-    models,
-    optim,
-    plots,
-    schedule,
-    startup,
-    steps,
-    writers,
-)
-from mnist_jax import mesh as mesh_lib
-from mnist_jax import workdir as workdir_lib
+from mnist_jax import data, plots
+from mnist_jax.config import schema as config_schema
+from mnist_jax.core import metrics, programs, steps
 from mnist_jax.errors import ConfigError, UserError
+from mnist_jax.platform import mesh as mesh_lib
+from mnist_jax.platform import startup
+from mnist_jax.run import checkpoints, loop, schedule, writers
+from mnist_jax.run import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
 # Validation accuracy under this multiple of chance (1 / 10) means nothing was learnt.
 CHANCE_MULTIPLE = 2.0
-
-
-def make_program(config, device_mesh=None) -> steps.Program:
-    """The run's static half: the model's graph, batch size, loss and optimizer."""
-    graphdef, _ = nnx.split(checkpoints.abstract_model(config))
-    optimizer_fields = optim.OPTIMIZERS.arguments(config.optim)
-    return steps.Program(
-        graphdef,
-        config.train.batch_size,
-        config.optim.loss_reduction,
-        device_mesh,
-        optimizer=config.optim.name,
-        optimizer_fields=tuple(sorted(optimizer_fields.items())),
-        matmul_precision=config.train.matmul_precision,
-    )
-
-
-def make_init(config, num_pool: int, num_train: int, program: steps.Program):
-    """`init(seed, learning_rate, clip_norm) -> (TrainState, Member)`: pure, so a sweep
-    can vmap it over its members."""
-
-    def init(seed, learning_rate, clip_norm):
-        _, params = nnx.split(models.make_model(config.model, seed))
-        train_idx, val_idx = data.split_indices(seed, num_pool, num_train)
-        key = jax.random.key(seed)
-        member = steps.Member(train_idx, val_idx, key, learning_rate, clip_norm)
-        return program.init_state(params), member
-
-    return init
-
-
-def init_arguments(config) -> tuple[jax.Array, ...]:
-    return (
-        jnp.int32(config.seed),
-        jnp.float32(config.optim.learning_rate),
-        jnp.float32(config.optim.clip_norm),
-    )
-
-
-def init_run(
-    config, host: data.HostData
-) -> tuple[steps.Program, steps.TrainState, steps.Member]:
-    """The program, its initial state and the seed's train/validation split (for
-    analysis, which rebuilds a run without training it)."""
-    program = make_program(config)
-    num_pool, num_train = len(host.pool_labels), host.num_train
-    # Seed, learning rate and clip are arguments: a sweep's members share one compile.
-    key = (
-        program,
-        json.dumps(config.model.to_dict(), sort_keys=True),
-        num_pool,
-        num_train,
-    )
-    if key not in _COMPILED_INITS:
-        init = make_init(config, num_pool, num_train, program)
-        if len(_COMPILED_INITS) >= 8:
-            _COMPILED_INITS.clear()
-        _COMPILED_INITS[key] = startup.compile_once(init, *init_arguments(config))
-    state, member = _COMPILED_INITS[key](*init_arguments(config))
-    return program, state, member
-
-
-_COMPILED_INITS: dict[tuple, Callable] = {}  # `init_run`'s, by what they depend on
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
@@ -137,9 +63,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     replicated = mesh_lib.replicated(device_mesh)
 
     # Model, optimizer and update step: one pure program, compiled ahead of time.
-    program = make_program(config, device_mesh)
-    init = make_init(config, num_pool, num_train, program)
-    init_args = init_arguments(config)
+    program = programs.make_program(config, device_mesh)
+    init = programs.make_init(config, num_pool, num_train, program)
+    init_args = programs.init_arguments(config)
     state_spec, member_spec = mesh_lib.specs(
         jax.eval_shape(init, *init_args), replicated
     )
@@ -207,7 +133,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 writers.write_json(workdir / workdir_lib.CONFIG_FILE, recorded)
                 writers.rewrite_metrics(workdir, history)
                 writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
-            programs = loop.ChunkPrograms(
+            chunk_programs = loop.ChunkPrograms(
                 lambda num_steps: train_program(num_steps).result(),
                 order_ready.result(),
                 # Training starts while the evaluation still compiles.
@@ -216,7 +142,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             for end in schedule.chunk_ends(config, int(state.step))[:1]:
                 # Start-up ends once training can start.
                 length = end - int(state.step)
-                programs.train(schedule.calls(length, schedule.loop_lengths(config))[0])
+                chunk_programs.train(
+                    schedule.calls(length, schedule.loop_lengths(config))[0]
+                )
             run_info["startup_seconds"] = time.perf_counter() - start
 
             # The loop: chunks between period ends and checkpoint steps.
@@ -225,7 +153,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             state = loop.train_chunks(
                 config,
                 program,
-                programs,
+                chunk_programs,
                 state,
                 dataset.without_test(),
                 member,

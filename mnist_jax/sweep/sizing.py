@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mnist_jax import steps, train
+from mnist_jax.core import programs, steps
 
 # Members per device on a device that does not report its memory (a CPU): their
 # params, Adagrad state and gradients (~1 MB each) then stay in the L3 cache. On the
@@ -54,9 +54,9 @@ def member_bytes(config) -> int:
     row's activations counted as the sum of the layers' output widths (the last axis
     of every weight matrix or kernel)."""
     num_pool = config.data.num_examples
-    program = train.make_program(config)
-    init = train.make_init(config, num_pool, config.data.num_train, program)
-    state, member = jax.eval_shape(init, *train.init_arguments(config))
+    program = programs.make_program(config)
+    init = programs.make_init(config, num_pool, config.data.num_train, program)
+    state, member = jax.eval_shape(init, *programs.init_arguments(config))
     params = _nbytes(state.params)
     held = _nbytes(state.opt_state) + _nbytes(member) + 3 * params
     widths = sum(

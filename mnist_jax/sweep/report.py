@@ -11,7 +11,11 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from mnist_jax import config_schema, mesh, metrics, plots, startup, writers
+from mnist_jax import plots
+from mnist_jax.config import schema as config_schema
+from mnist_jax.core import metrics
+from mnist_jax.platform import mesh, startup
+from mnist_jax.run import writers
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mnist_jax import metrics, optim
+from mnist_jax.core import metrics, optim
 from mnist_jax.data import Dataset
 
 _SHUFFLE_STREAM, _DROPOUT_STREAM = 2, 3

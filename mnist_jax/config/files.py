@@ -11,7 +11,7 @@ import ml_collections
 from mnist_jax.errors import ConfigError
 
 # Where `configs/` lives in a source checkout (and an editable install).
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -46,7 +46,7 @@ def check_loaded(config, spec: str | None):
         raise ConfigError(
             f"config file {spec}: get_config() returned {type(config).__name__}, not an "
             "ml_collections.ConfigDict (build it with "
-            "mnist_jax.config_schema.default_config())"
+            "mnist_jax.config.schema.default_config())"
         )
     return config
 

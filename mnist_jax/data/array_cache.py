@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_jax import download, sources
+from mnist_jax.data import download
+from mnist_jax.data import readers as sources
 
 log = logging.getLogger(__name__)
 

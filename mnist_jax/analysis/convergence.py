@@ -9,18 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_jax import (
-    analysis,
-    metrics,
-    plots,
-    reports,
-    startup,
-    sweep_members,
-    sweep_report,
-    writers,
-)
-from mnist_jax import workdir as workdir_lib
+from mnist_jax import plots
+from mnist_jax.analysis import reports
+from mnist_jax.analysis import runs as analysis
+from mnist_jax.core import metrics
 from mnist_jax.errors import UserError
+from mnist_jax.platform import startup
+from mnist_jax.run import workdir as workdir_lib
+from mnist_jax.run import writers
+from mnist_jax.sweep import members as sweep_members
+from mnist_jax.sweep import report as sweep_report
 
 SEED = "seed"
 # What the table reports per checkpoint: validation metrics and first-layer movement.

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import ml_collections
 
-from mnist_jax import download, models, optim, steps
-from mnist_jax.data import SOURCES
+from mnist_jax.core import models, optim, steps
+from mnist_jax.data import SOURCES, download
 from mnist_jax.errors import ConfigError
 
 
@@ -24,7 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    # auto | embedded | mlcc | idx (README, "Data sources").
+    # auto, or a registered data set: embedded | mlcc | idx (`data/sources.py`).
     config.data.source = "auto"
     # Folder with the notebook's CSVs or the IDX files; "" = none.
     config.data.path = ""
@@ -80,7 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.mesh.shape = ()
 
     config.sweep_block = ml_collections.ConfigDict()
-    # Sweep members each device trains at once; 0 = as many as fit (mnist_jax.sizing).
+    # Sweep members each device trains at once; 0 = as many as fit (mnist_jax.sweep.sizing).
     config.sweep_block.members_per_device = 0
     return config
 
@@ -193,10 +193,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             or not value > 0
         ):
             raise ConfigError(f"{name}={value!r} must be a positive number")
-    if flat["data.source"] not in SOURCES:
-        raise ConfigError(
-            f"data.source={flat['data.source']!r} is not one of {', '.join(SOURCES)}"
-        )
+    if flat["data.source"] != "auto":
+        SOURCES.entry(flat["data.source"])  # one line naming the choices if unknown
     for group, registry in (("model", models.MODELS), ("optim", optim.OPTIMIZERS)):
         registry.entry(config[group].name)  # one line naming the choices if unknown
         for field in registry.unused(config[group]):

@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
 
-from mnist_jax import checkpoints, metrics, steps, train, writers
-from mnist_jax import mesh as mesh_lib
-from mnist_jax import workdir as workdir_lib
+from mnist_jax.core import metrics, programs, steps
 from mnist_jax.errors import UserError
+from mnist_jax.platform import mesh as mesh_lib
+from mnist_jax.run import checkpoints, train, writers
+from mnist_jax.run import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -205,14 +206,14 @@ class MemberBlock:
                 )
         if step is None:
             return state
-        program = train.make_program(self.config)
-        init = train.make_init(self.config, num_pool, num_train, program)
+        program = programs.make_program(self.config)
+        init = programs.make_init(self.config, num_pool, num_train, program)
         device = jax.local_devices()[0]
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(
                 x.shape, x.dtype, sharding=SingleDeviceSharding(device)
             ),
-            jax.eval_shape(init, *train.init_arguments(self.config))[0],
+            jax.eval_shape(init, *programs.init_arguments(self.config))[0],
         )
         restored, metadatas = restore(self.folders, step, abstract)
         self.start = step

@@ -54,3 +54,15 @@ def log_startup() -> None:
     warning = unused_gpu_warning()
     if warning:
         log.warning("%s", warning)
+
+
+def use_cpu_cores(num_devices: int | None = None) -> None:
+    """Splits the CPU backend into `num_devices` JAX devices (default: one per core the
+    process may use) before JAX starts. One CPU device runs a program's small ops on
+    one core; a sweep's members shard over devices, so this puts every core to work.
+    Leaves an `XLA_FLAGS` device count alone; does nothing to a GPU or TPU backend."""
+    if num_devices is None:
+        if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+            return
+        num_devices = len(os.sched_getaffinity(0))
+    jax.config.update("jax_num_cpu_devices", num_devices)

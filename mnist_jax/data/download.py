@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mnist_jax import sources
+from mnist_jax.data import readers as sources
 from mnist_jax.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mnist_jax import startup
 from mnist_jax.errors import UserError
+from mnist_jax.platform import startup
 
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"

@@ -18,8 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mnist_jax import checkpoints, data, metrics, plots, startup, steps, train
+from mnist_jax import data, plots
+from mnist_jax.core import metrics, programs, steps
 from mnist_jax.errors import DataError, UserError
+from mnist_jax.platform import startup
+from mnist_jax.run import checkpoints
 
 DEAD_UNIT_NOTE = "never active (ReLU output 0) on any validation image"
 IGNORED_UNIT_FRACTION = 0.1  # outgoing weight norm below this share of the median
@@ -132,7 +135,7 @@ def load_run(
         except DataError as e:
             raise DataError(f"{e}; {remedy}") from e
     checkpoints.check_data(workdir, host, remedy)
-    program, state, member = train.init_run(config, host)
+    program, state, member = programs.init_run(config, host)
     if dataset is None:
         dataset = data.to_device(host)
         if shared is not None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_jax import startup
 from mnist_jax.errors import DataError
+from mnist_jax.platform import startup
 
 NUM_PIXELS = 784
 NUM_CLASSES = 10

@@ -13,9 +13,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mnist_jax import checkpoints, interrupts, metrics, schedule, steps, writers
-from mnist_jax import mesh as mesh_lib
+from mnist_jax.core import metrics, steps
 from mnist_jax.errors import Interrupted, TrainingDiverged
+from mnist_jax.platform import mesh as mesh_lib
+from mnist_jax.run import checkpoints, interrupts, schedule, writers
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,12 @@ from flax import nnx
 from jax.sharding import SingleDeviceSharding
 from ml_collections import ConfigDict
 
-from mnist_jax import config_schema, mesh, models, startup, writers
-from mnist_jax import workdir as workdir_lib
+from mnist_jax.config import schema as config_schema
+from mnist_jax.core import programs
 from mnist_jax.errors import UserError
+from mnist_jax.platform import mesh, startup
+from mnist_jax.run import workdir as workdir_lib
+from mnist_jax.run import writers
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -541,15 +544,11 @@ def check_step(
     )
 
 
-def abstract_model(config):
-    return nnx.eval_shape(lambda: models.make_model(config.model, config.seed))
-
-
 def restore_model(workdir: str | os.PathLike, step: int | None = None) -> nnx.Module:
     """The Flax model saved at `step` (default: the latest), ready to call on images
     of shape (N, 784) scaled to [0, 1]; its config is read from the workdir."""
     step = check_step(workdir, step)
-    graphdef, abstract_params = nnx.split(abstract_model(read_config(workdir)))
+    graphdef, abstract_params = nnx.split(programs.abstract_model(read_config(workdir)))
     with Checkpointer(workdir, read_only=True) as checkpointer:
         params = checkpointer.restore_params(step, abstract_params)
     return nnx.merge(graphdef, params)

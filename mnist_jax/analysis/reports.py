@@ -16,8 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_jax import analysis, checkpoints, metrics, plots, startup, writers
+from mnist_jax import plots
+from mnist_jax.analysis import runs as analysis
+from mnist_jax.core import metrics
 from mnist_jax.errors import UserError
+from mnist_jax.platform import startup
+from mnist_jax.run import checkpoints, writers
 
 COMPARISON_FILE = "comparison.md"
 

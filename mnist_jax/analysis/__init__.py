@@ -1,0 +1,1 @@
+"""Reading runs and sweep members back: reports, convergence tables, figures."""

@@ -1,0 +1,1 @@
+"""Configs: the schema every run is checked against, and config files loaded by path."""

@@ -1,0 +1,1 @@
+"""A single run: `train.train_and_evaluate`, its loop, schedule, checkpoints and files."""

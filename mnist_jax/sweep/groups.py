@@ -1,0 +1,320 @@
+"""A group of a sweep: members of the same shapes trained together as one compiled
+program, `jax.vmap` of a single run's pure functions with the member axis sharded over
+the mesh, in blocks of members that run one after another."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import signal
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+from mnist_jax import data
+from mnist_jax.core import programs as programs_lib
+from mnist_jax.core import steps
+from mnist_jax.errors import Interrupted
+from mnist_jax.platform import mesh as mesh_lib
+from mnist_jax.platform import startup
+from mnist_jax.run import checkpoints, interrupts, loop, schedule
+from mnist_jax.sweep import members as sweep_members
+from mnist_jax.sweep import sizing
+
+log = logging.getLogger(__name__)
+
+_MEMBER_AXES = steps.Member(0, 0, 0, 0, 0)
+_STATE_AXES = steps.TrainState(None, 0, 0)  # the step count is shared by all members
+
+
+def block_layout(
+    num_members: int, num_shards: int, members_per_device: int
+) -> tuple[int, int]:
+    """(blocks, members per block): blocks of at most `members_per_device` members per
+    device (`sizing.members_per_device`), equal in size (one compiled program), a
+    multiple of `num_shards`."""
+    per_device = math.ceil(num_members / num_shards)
+    blocks = math.ceil(per_device / members_per_device)
+    return blocks, math.ceil(per_device / blocks) * num_shards
+
+
+class GroupPrograms(NamedTuple):
+    """A group's programs, each `jax.vmap` of a single run's (`loop.ChunkPrograms`),
+    members sharded over the mesh's `members` axis: what `run_group` runs and the
+    benchmark times."""
+
+    init: Callable  # (seeds, learning rates, clip norms) -> (TrainState, Member)
+    # as steps.Program.train_steps, for a block of members (state donated; the trip
+    # count is static: one compilation per `schedule.loop_lengths` entry)
+    train: Callable
+    evaluate: Callable  # as steps.Program.pool_scores: a period's scores
+    test: Callable  # as steps.Program.test_scores
+    order: Callable  # as steps.Program.epoch_order, for a block of members
+    program: steps.Program  # the single run's, which these vmap
+
+
+def group_programs(
+    config: ConfigDict, num_pool: int, num_train: int, device_mesh: Mesh
+) -> GroupPrograms:
+    replicated = mesh_lib.replicated(device_mesh)
+    by_member = NamedSharding(device_mesh, PartitionSpec(mesh_lib.MEMBERS))
+    program = programs_lib.make_program(config, device_mesh)
+    vmapped = functools.partial(jax.vmap, spmd_axis_name=mesh_lib.MEMBERS)
+    init = vmapped(
+        programs_lib.make_init(config, num_pool, num_train, program),
+        out_axes=(_STATE_AXES, _MEMBER_AXES),
+    )
+    train_steps = vmapped(
+        program.train_steps,
+        in_axes=(_STATE_AXES, None, None, _MEMBER_AXES, 0),
+        out_axes=(_STATE_AXES, 0),
+    )
+    return GroupPrograms(
+        init=startup.jit(
+            init,
+            run_once=True,
+            out_shardings=(
+                steps.TrainState(replicated, by_member, by_member),
+                by_member,
+            ),
+        ),
+        train=startup.jit(train_steps, static_argnums=1, donate_argnums=0),
+        evaluate=startup.jit(
+            vmapped(program.pool_scores, in_axes=(0, None, _MEMBER_AXES))
+        ),
+        test=startup.jit(
+            vmapped(program.test_scores, in_axes=(0, None)), run_once=True
+        ),
+        order=startup.jit(  # once per epoch
+            vmapped(program.epoch_order, in_axes=(_MEMBER_AXES, None)), run_once=True
+        ),
+        program=program,
+    )
+
+
+def member_arrays(configs: list[ConfigDict]) -> tuple[jax.Array, ...]:
+    """`GroupPrograms.init`'s arguments for a block of member configs."""
+    return (
+        jnp.asarray([c.seed for c in configs], jnp.int32),
+        jnp.asarray([c.optim.learning_rate for c in configs], jnp.float32),
+        jnp.asarray([c.optim.clip_norm for c in configs], jnp.float32),
+    )
+
+
+def save_steps(config: ConfigDict) -> list[int]:
+    """Where a member saves: the kept `checkpoint.steps` it reaches, the final step and,
+    if set, every `checkpoint.every_steps` (a sweep has no rolling save per period:
+    many members' saves would cost more than retraining a period after a crash)."""
+    num_steps = config.train.num_steps
+    every = config.checkpoint.every_steps
+    rolling = range(every, num_steps + 1, every) if every else ()
+    kept = (s for s in config.checkpoint.steps if s <= num_steps)
+    return sorted({*rolling, *kept, num_steps})
+
+
+@dataclasses.dataclass
+class SweepRun:
+    """What every group of a sweep shares."""
+
+    workdir: Path
+    host: data.HostData
+    dataset: data.Dataset
+    device_mesh: Mesh
+    source: tuple[str, str]  # `data.resolve`'s answer, for the members' config.json
+    run_info: dict  # each member folder's run_info.json
+    received: list[int]  # signals caught by `interrupts.deferred`
+    hparams: list[dict]  # each member's swept values, by member index
+    sweep_id: str  # recorded with every block save and member link: whose they are
+    save: bool = True  # member checkpoints (off only to measure what they cost)
+
+
+def run_group(
+    configs: list[ConfigDict],
+    indices: list[int],
+    run: SweepRun,
+    while_compiling: Callable[[], object] | None = None,
+) -> list[dict]:
+    """Trains same-shaped members together, the member axis sharded over the mesh's
+    `members` axis, in blocks that run one after another (padded with copies of the
+    last member, whose results are dropped); returns each member's results.
+
+    Each member saves into its folder (`sweep_members`) at `save_steps`; a block whose
+    members all finished is read back, one whose members have checkpoints resumes from
+    the latest step they share. Saves and files are written on a worker thread while
+    the device trains on (on this thread with several processes: `_writer`).
+
+    `while_compiling` runs on this thread while the training program compiles on
+    another, time that thread would otherwise spend waiting."""
+    config, device_mesh = configs[0], run.device_mesh
+    num_real = len(configs)
+    blocks, size = block_layout(
+        num_real,
+        device_mesh.shape[mesh_lib.MEMBERS],
+        sizing.members_per_device(config, device_mesh),
+    )
+    padding = blocks * size - num_real
+    configs = configs + [configs[-1]] * padding
+    folders = [sweep_members.folder(run.workdir, i) for i in indices]
+    folders += [folders[-1]] * padding
+    for c, f in zip(configs, folders[:num_real], strict=False):
+        sweep_members.check_own(f, checkpoints.recorded_config(c, run.source))
+    finished = [sweep_members.finished(f) for f in folders[:num_real]]
+    if all(finished):  # nothing to compile
+        names = ", ".join(f.name for f in folders[:num_real])
+        log.info("Members %s finished earlier: read back.", names)
+        return finished
+    num_pool, num_train = len(run.host.pool_labels), run.host.num_train
+    programs = group_programs(config, num_pool, num_train, device_mesh)
+    pool = run.dataset.without_test()  # training programs never see the test set
+    state_spec, member_spec = jax.eval_shape(
+        programs.init, *member_arrays(configs[:size])
+    )
+    period_ends = set(
+        schedule.period_ends(config.train.num_steps, config.train.num_periods)
+    )
+    save_at = set(save_steps(config)) if run.save else set()
+    chief = mesh_lib.is_chief()
+    results: list[dict | None] = [None] * num_real
+    tasks: list[Future] = []  # the writer's work: saves and member files
+
+    def run_tasks():  # waits for the writer (and raises what it raised)
+        while tasks:
+            tasks.pop(0).result()
+
+    # Saves and member files are written in order on one worker thread while this one
+    # keeps the device fed: a block's saves can take longer than its next chunk (with
+    # several processes, on this thread: `_writer`). The worker stops (finishing its
+    # work) before the checkpoints close.
+    with (
+        startup.Compiler() as compiler,
+        contextlib.ExitStack() as stack,
+        _writer() as writer,
+    ):
+        # The training loop, order, evaluation and test programs compile on a second
+        # thread while this one initialises the first block: one training loop per
+        # trip count (`schedule.loop_lengths`; a resume off the schedule compiles its
+        # own), as a single run does.
+        epoch = jax.ShapeDtypeStruct((), jnp.int32)
+        order_ready = compiler.submit(programs.order, member_spec, epoch)
+        order_spec = jax.eval_shape(programs.order, member_spec, epoch)
+        train_ready: dict[int, Future] = {}
+
+        def train_program(num_steps: int):
+            if num_steps not in train_ready:
+                orders = (order_spec,) * programs.program.chunk_epochs(
+                    num_steps, member_spec
+                )
+                train_ready[num_steps] = compiler.submit(
+                    programs.train, state_spec, num_steps, pool, member_spec, orders
+                )
+            return train_ready[num_steps]
+
+        lengths = schedule.loop_lengths(config)
+        for length in lengths:
+            train_program(length)
+        evaluate_ready = compiler.submit(
+            programs.evaluate, state_spec.params, pool, member_spec
+        )
+        test_ready = compiler.submit(programs.test, state_spec.params, run.dataset)
+        if while_compiling is not None:
+            while_compiling()
+        for block in range(blocks):
+            if interrupts.agree(run.received):
+                run_tasks()
+                where = f"after block {block}/{blocks} of a group"
+                raise Interrupted(interrupted(run, where), run.received[0])
+            members = range(block * size, (block + 1) * size)
+            real = [j for j in members if j < num_real]
+            done_rows = [sweep_members.finished(folders[j]) for j in real]
+            if all(done_rows):
+                for j, row in zip(real, done_rows, strict=True):
+                    results[j] = row
+                names = ", ".join(folders[j].name for j in real)
+                log.info("Members %s finished earlier: read back.", names)
+                continue
+            block_run = sweep_members.MemberBlock(
+                config,
+                [configs[j] for j in members],
+                [folders[j] for j in members],
+                real[-1] - block * size + 1,
+                run,
+                chief,
+                stack,
+            )
+            state, member = programs.init(*member_arrays(block_run.configs))
+            state = block_run.resume(state, state_spec, num_pool, num_train)
+            done = block_run.start
+            orders = loop.EpochOrders(programs.program, order_ready.result(), member)
+            for end in schedule.chunk_ends(config, done):
+                state, nonfinite = loop.train_calls(
+                    lambda length: train_program(length).result(),
+                    state,
+                    pool,
+                    member,
+                    orders,
+                    done,
+                    end,
+                    lengths,
+                )
+                done = end
+                scores = None
+                if end in period_ends:
+                    scores = evaluate_ready.result()(state.params, pool, member)
+                block_run.record(end, scores, nonfinite)
+                stop = interrupts.agree(run.received) and end < config.train.num_steps
+                if end in save_at or stop:
+                    tasks.append(writer.submit(block_run.save_task(end, state)))
+                if stop:
+                    run_tasks()
+                    where = f"at step {end}"
+                    raise Interrupted(interrupted(run, where), run.received[0])
+            test = test_ready.result()(state.params, run.dataset)
+            finish = block_run.finish_task(test, results, block * size)
+            tasks.append(writer.submit(finish))
+        run_tasks()
+    return results
+
+
+class _OnThisThread:
+    """An executor that runs each task at once, on the calling thread."""
+
+    def submit(self, fn: Callable[[], object]) -> Future:
+        future: Future = Future()
+        future.set_result(fn())
+        return future
+
+    def __enter__(self) -> _OnThisThread:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _writer():
+    """Where saves and member files are written: a worker thread, so the device trains
+    on meanwhile; with several processes, this thread, since every process must enter
+    the collectives (gathers, Orbax's barriers) in one order, which two threads would
+    interleave differently on each process."""
+    if jax.process_count() > 1:
+        return _OnThisThread()
+    return ThreadPoolExecutor(max_workers=1)
+
+
+def interrupted(run: SweepRun, where: str) -> str:
+    name = signal.Signals(run.received[0]).name
+    message = (
+        f"interrupted by {name} {where}: member checkpoints saved in "
+        f"{run.workdir / sweep_members.BLOCKS_DIR}; run the same command to resume"
+    )
+    # For the log file only: the command line prints it once, as its error.
+    log.warning("%s", message, extra={"console": False})
+    return message

@@ -4,8 +4,7 @@ batch 30, 1000 steps in 10 periods, zero-initialised as TF's LinearClassifier.
     python -m mnist_jax.main --config=configs/linear.py --workdir=runs/mnist_linear
 
 Measured (notebook data, --config.data.path=../shared/data/mnist, seeds 0-2):
-validation accuracy 0.9016-0.9036, test 0.9072-0.9111, ~5 s end to end on a 2-core
-CPU. On the embedded sample (the offline default): 0.896 validation, 0.908 test.
+validation accuracy 0.9016-0.9036, test 0.9072-0.9111. On the embedded sample (the offline default): 0.896 validation, 0.908 test.
 `configs/linear.py:smoke` is the test variant.
 """
 

@@ -7,9 +7,8 @@
 45 members in 3 groups (one per batch size). `configs/sweep_linear.py:smoke` is the
 test variant.
 
-Measured on the notebook data (mean of 3 seeds, two CPU devices, ~17 s on a 2-core
-CPU): best learning rate 0.03, batch 100, validation accuracy 0.9099, test accuracy
-0.9112; the notebook's batch 30 gives 0.9029 validation. Full table: `sweep.md` in the
+Measured on the notebook data (mean of 3 seeds, two CPU devices): best learning
+rate 0.03, batch 100, validation accuracy 0.9099, test accuracy 0.9112; the notebook's batch 30 gives 0.9029 validation. Full table: `sweep.md` in the
 sweep's workdir.
 """
 

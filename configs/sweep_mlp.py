@@ -8,8 +8,7 @@ in one compiled program. Axes are tuples, overridable from the command line, e.g
 `--config.sweep.optim.learning_rate='(0.03, 0.1)'`; `configs/sweep_mlp.py:smoke` is
 a few-second variant for tests.
 
-Measured on the notebook data (mean of 3 seeds, two CPU devices, ~34 s on a 2-core
-CPU): best learning rate 0.05, batch 100, validation accuracy 0.9560, test accuracy
+Measured on the notebook data (mean of 3 seeds, two CPU devices): best learning rate 0.05, batch 100, validation accuracy 0.9560, test accuracy
 0.9573; the notebook's batch 30 gives 0.9464 validation. Full table: `sweep.md` in
 the sweep's workdir.
 """

@@ -60,21 +60,32 @@ _LOCAL_DEVICE_IDS = flags.DEFINE_list(
 )
 
 
-def cluster_detected() -> bool:
-    """Whether JAX's own cluster detection (SLURM, Open MPI, Kubernetes, Cloud TPU, ...:
-    `jax.distributed.initialize()` without arguments) recognises this process's
-    environment, or `JAX_COORDINATOR_ADDRESS` is set. Opt-in methods (mpi4py) need
-    `jax.distributed.initialize(cluster_detection_method=...)` from your own script."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    try:
-        from jax._src.clusters import ClusterEnv
-    except ImportError:  # a JAX whose private layout moved: only the variable above
-        return False
-    return any(
-        not env.opt_in_only_method and env.is_env_present()
-        for env in ClusterEnv._cluster_types
-    )
+# The environment variables by which `jax.distributed.initialize()` without arguments
+# recognises a cluster it can bootstrap from (as JAX's cluster detection reads them,
+# checked against jax 0.10; JAX keeps that code private, so it is not imported).
+CLUSTER_VARIABLES = {
+    "SLURM": (
+        "SLURM_JOB_ID",
+        "SLURM_STEP_NODELIST",
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+    ),
+    "Open MPI": ("OMPI_MCA_orte_hnp_uri",),
+    "Cloud TPU on GKE": ("TPU_WORKER_HOSTNAMES",),
+    "Cloud TPU (multi-host)": ("TPU_PROCESS_ADDRESSES",),
+    "JAX_COORDINATOR_ADDRESS": ("JAX_COORDINATOR_ADDRESS",),
+}
+
+
+def cluster_detected() -> str | None:
+    """The cluster this process runs in (`CLUSTER_VARIABLES`), or None. Other methods
+    (mpi4py, Kubernetes with its client) are opt-in: call
+    `jax.distributed.initialize(...)` from your own script, or pass --coordinator."""
+    for cluster, names in CLUSTER_VARIABLES.items():
+        if all(os.environ.get(name) for name in names):
+            return cluster
+    return None
 
 
 def init_distributed() -> None:

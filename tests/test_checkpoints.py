@@ -12,7 +12,7 @@ from mnist_jax import data
 from mnist_jax.analysis import runs as analysis
 from mnist_jax.core import programs, steps
 from mnist_jax.errors import UserError
-from mnist_jax.run import checkpoints, schedule, train, writers
+from mnist_jax.run import checkpoints, loop, schedule, train, writers
 from tests.conftest import copy_workdir
 from tests.run_helper import config as resumable_config
 
@@ -120,7 +120,7 @@ def test_restored_model_predicts_what_the_live_one_did(tmp_path):
     dataset = data.to_device(host)
     program, state, member = programs.init_run(config, host)
     state, _ = jax.jit(program.train_steps, static_argnums=1)(
-        state, 20, dataset, member
+        state, 20, dataset, member, loop.orders_for(program, member, 0, 20)
     )
     live = program.logits(state.params, dataset.test_x)
     tmp_path.joinpath("config.json").write_text(json.dumps(config.to_dict()))

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from configs import mlp
+from mnist_jax import data
 from mnist_jax.analysis import reports
 from mnist_jax.config import schema as config_schema
 from mnist_jax.core import models
@@ -23,7 +24,7 @@ class CNN(nnx.Module):
 
     def __init__(self, channels: int, *, rngs: nnx.Rngs):
         self.conv = nnx.Conv(1, channels, kernel_size=(3, 3), strides=2, rngs=rngs)
-        self.head = nnx.Linear(14 * 14 * channels, models.NUM_CLASSES, rngs=rngs)
+        self.head = nnx.Linear(14 * 14 * channels, data.NUM_CLASSES, rngs=rngs)
 
     def __call__(self, x, *, dropout_key=None):
         x = models.pixels(x).reshape(-1, 28, 28, 1)

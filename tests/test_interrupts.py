@@ -123,11 +123,17 @@ def test_one_process_decides_alone():
 
 def test_no_cluster_means_no_distributed_runtime(monkeypatch):
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
-    for name in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST"):
-        monkeypatch.delenv(name, raising=False)
-    assert not cli.cluster_detected()
+    for names in cli.CLUSTER_VARIABLES.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    assert cli.cluster_detected() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "7")  # one of SLURM's five is not enough
+    assert cli.cluster_detected() is None
+    for name in cli.CLUSTER_VARIABLES["SLURM"]:
+        monkeypatch.setenv(name, "0")
+    assert cli.cluster_detected() == "SLURM"
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
-    assert cli.cluster_detected()
+    assert cli.cluster_detected() == "SLURM"
 
 
 def test_local_device_ids_reach_the_distributed_runtime(monkeypatch):

@@ -12,6 +12,7 @@ from mnist_jax.config import schema as config_schema
 from mnist_jax.core import models, optim, steps
 from mnist_jax.data import Dataset
 from mnist_jax.errors import ConfigError
+from mnist_jax.run import loop
 from mnist_jax.sweep import runner
 
 
@@ -64,8 +65,9 @@ def test_train_steps_match_numpy_tf1_reference(reduction):
         learning_rate=jnp.float32(0.03),
         clip_norm=jnp.float32(5.0),
     )
+    orders = loop.orders_for(program, member, 0, 5)
     state, nonfinite = jax.jit(program.train_steps, static_argnums=1)(
-        program.init_state(params), 5, data, member
+        program.init_state(params), 5, data, member, orders
     )
     assert int(nonfinite) == -1
 

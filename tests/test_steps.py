@@ -2,6 +2,7 @@ import json
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -37,16 +38,20 @@ def _reference_rows(program, member, first_step: int, num_steps: int) -> np.ndar
     return np.asarray(rows)
 
 
+def _orders(program, member, done, num_steps):
+    """The epochs' row orders for steps `done` onwards, drawn as a run draws them."""
+    return loop.orders_for(program, member, done, num_steps)
+
+
 @pytest.mark.parametrize(("first_step", "num_steps"), [(0, 7), (20, 9), (24, 53)])
 def test_batch_rows_follow_each_epochs_order(run, first_step, num_steps):
     program, state, member, _ = run
     assert program.steps_per_epoch(member) == 25  # 750 rows, batches of 30
     step = state.step + first_step
-    rows = jax.jit(
-        lambda step: program.batch_rows(
-            step, num_steps, program.chunk_orders(step, num_steps, member), member
-        )
-    )(step)
+    orders = jnp.asarray(_orders(program, member, first_step, num_steps))
+    rows = jax.jit(lambda step: program.batch_rows(step, num_steps, orders, member))(
+        step
+    )
     np.testing.assert_array_equal(
         rows, _reference_rows(program, member, first_step, num_steps)
     )
@@ -57,7 +62,7 @@ def test_training_loop_has_a_known_trip_count_and_no_conditional(run):
     predicate to the host and waits for the device every iteration."""
     program, state, member, dataset = run
     orders = loop.EpochOrders(program, jax.jit(program.epoch_order), member)(0, 7)
-    for args in ((), (orders,)):  # orders drawn in the program, or given (a run)
+    for args in ((orders,),):
         hlo = (
             jax.jit(program.train_steps, static_argnums=1)
             .lower(state, 7, dataset, member, *args)
@@ -83,8 +88,11 @@ def test_one_compilation_per_chunk_length(run):
     program, state, member, dataset = run
     train_steps = jax.jit(program.train_steps, static_argnums=1, donate_argnums=0)
     state = jax.tree.map(lambda x: x.copy(), state)  # donated below
+    done = 0
     for length in (3, 7, 3, 3, 7):
-        state, _ = train_steps(state, length, dataset, member)
+        orders = _orders(program, member, done, length)
+        state, _ = train_steps(state, length, dataset, member, orders)
+        done += length
     assert int(state.step) == 23
     assert train_steps._cache_size() == 2
 
@@ -94,7 +102,8 @@ def test_chunks_with_drawn_orders_train_as_one_loop(run):
     chunking give the very same parameters as one long loop."""
     program, state, member, dataset = run
     train_steps = jax.jit(program.train_steps, static_argnums=1)
-    whole, _ = train_steps(state, 60, dataset, member)  # over 2 epochs of 25 steps
+    whole_orders = _orders(program, member, 0, 60)  # over 2 epochs of 25 steps
+    whole, _ = train_steps(state, 60, dataset, member, whole_orders)
     calls = []
 
     def order(member, epoch):

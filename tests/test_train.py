@@ -8,7 +8,7 @@ import pytest
 from configs import mlp
 from mnist_jax import data, plots
 from mnist_jax.core import metrics, programs, steps
-from mnist_jax.run import checkpoints, schedule, train, writers
+from mnist_jax.run import checkpoints, loop, schedule, train, writers
 from tests import processes
 
 RESULT_KEYS = {
@@ -108,10 +108,12 @@ def test_chunking_does_not_change_training():
     dataset = data.to_device(host)
     program, state, member = programs.init_run(config, host)
     train_steps = jax.jit(program.train_steps, static_argnums=1)
-    whole, _ = train_steps(state, 60, dataset, member)  # > 1 epoch of 25
-    chunked = state
+    orders = loop.EpochOrders(program, jax.jit(program.epoch_order), member)
+    whole, _ = train_steps(state, 60, dataset, member, orders(0, 60))  # > 1 epoch
+    chunked, done = state, 0
     for length in (7, 18, 1, 25, 9):
-        chunked, _ = train_steps(chunked, length, dataset, member)
+        chunked, _ = train_steps(chunked, length, dataset, member, orders(done, length))
+        done += length
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked), strict=True):
         np.testing.assert_array_equal(a, b)
 

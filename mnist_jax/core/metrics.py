@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NUM_CLASSES = 10
+from mnist_jax.data.readers import NUM_CLASSES
+
 SPLITS = ("train", "val", "test")
 
 
@@ -106,7 +107,7 @@ def confusion_matrix(
 def normalize_rows(counts: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
     """Each row divided by its total: the share of each true digit predicted as each label.
     A NumPy array stays on the host (a figure's matrix needs no device program, whose
-    first call would compile for ~0.15 s)."""
+    first call would compile)."""
     xp = np if isinstance(counts, np.ndarray) else jnp
     totals = xp.sum(counts, axis=1, keepdims=True)
     return counts / xp.maximum(totals, 1)

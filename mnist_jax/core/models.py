@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mnist_jax.data.readers import NUM_CLASSES
 from mnist_jax.errors import ConfigError
 from mnist_jax.registry import Registry
 
 NUM_PIXELS = 784
-NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 
 MODELS = Registry("model")

@@ -98,8 +98,7 @@ def tf1_clipped_adagrad(
     The state is that of `optax.chain(clip_by_global_norm, adagrad)`, so checkpoints
     hold optax's own types. The update is written out because TF1's form clips with one
     scalar factor, which XLA folds into Adagrad's two passes over the parameters;
-    optax's clip writes the clipped gradients out first, a third pass that cost ~10% of
-    a sweep's training."""
+    optax's clip writes the clipped gradients out first, a third pass over them."""
     reference = optax.chain(
         optax.clip_by_global_norm(clip_norm), adagrad(learning_rate)
     )

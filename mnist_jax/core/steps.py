@@ -24,7 +24,7 @@ from mnist_jax.data import Dataset
 _SHUFFLE_STREAM, _DROPOUT_STREAM = 2, 3
 # Evaluations run over this many rows at a time: a block's activations stay in the CPU's
 # caches (for 16 sweep members, 1000 rows x 1600 units is 6 MB; the whole pool's would
-# be 64 MB), which took a sweep's evaluation from 0.26 s to 0.17 s per period.
+# be 64 MB); docs/performance.md has the measurement.
 EVAL_BLOCK_ROWS = 1000
 # `train.matmul_precision`'s choices, as `jax.default_matmul_precision` names them:
 # float32 is TF1's arithmetic (and what a CPU does anyway); GPUs otherwise default to
@@ -114,32 +114,22 @@ class Program:
         columns = start + jnp.arange(self.batch_size)[None, :]
         return member.train_idx[orders[epoch, columns]]
 
-    def chunk_orders(self, step: jax.Array, num_steps: int, member: Member):
-        """`train_steps`' `orders`, drawn here, in the program (`loop.EpochOrders` draws
-        each epoch's once, outside)."""
-        epochs = step // self.steps_per_epoch(member) + jnp.arange(
-            self.chunk_epochs(num_steps, member), dtype=step.dtype
-        )
-        return jax.vmap(lambda e: self.epoch_order(member, e))(epochs)
-
     def train_steps(
         self,
         state: TrainState,
         num_steps: int,
         data: Dataset,
         member: Member,
-        orders: jax.Array | None = None,
+        orders: jax.Array,
     ) -> tuple[TrainState, jax.Array]:
         """`num_steps` steps as one `lax.scan`. `num_steps` is static (jit it with
         `static_argnums=1`): one compilation per chunk length, and a loop whose trip
         count XLA knows and whose body has no conditional, so an accelerator runs the
         whole chunk without a round trip to the host. The batches' rows are gathered
-        before the loop from `orders` (see `batch_rows`; default: drawn here).
+        before the loop from `orders` (see `batch_rows`; `loop.EpochOrders` draws them).
 
         Also returns the first step (0-based) whose loss or gradient norm was NaN or
         infinite, or -1: divergence is caught in the chunk where it happens."""
-        if orders is None:
-            orders = self.chunk_orders(state.step, num_steps, member)
         rows = self.batch_rows(state.step, num_steps, jnp.asarray(orders), member)
         with jax.default_matmul_precision(self.matmul_precision):
             return self._train_steps(state, rows, data, member)

@@ -9,6 +9,7 @@ from mnist_jax.data.dataset import (
     split_indices,
     to_device,
 )
+from mnist_jax.data.readers import NUM_CLASSES
 from mnist_jax.data.sources import (
     DATA_DIR_ENV,
     SOURCES,
@@ -23,6 +24,7 @@ __all__ = [
     "SOURCES",
     "Dataset",
     "HostData",
+    "NUM_CLASSES",
     "Source",
     "load",
     "pool_spec",

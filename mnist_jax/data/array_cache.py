@@ -1,7 +1,7 @@
 """Parsed examples kept in the cache folder, keyed by the content of their source file.
 
-Parsing the notebook's 55 MB of CSV costs ~0.6 s of a 2-core machine on every run;
-reading the same validated arrays back costs ~20 ms. An entry is named by the sha256 of
+Parsing the notebook's 55 MB of CSV on every run costs far more than reading the same
+validated arrays back (docs/performance.md). An entry is named by the sha256 of
 the file it came from and by what was read from it, so an edited file is a new entry,
 never a stale one. Entries are written only after validation passed and renamed into
 place whole; one that cannot be read is parsed again, and a cache that cannot be

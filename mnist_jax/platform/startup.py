@@ -1,19 +1,19 @@
-"""Start-up speed, in one place. A run takes ~5 s; compiling its programs and importing
-its libraries would be half of that, so it overlaps them with its other work:
+"""Start-up speed, in one place. Compiling a run's programs and importing its libraries
+would be half of a short run, so it overlaps them with its other work (each choice's
+measurement: docs/performance.md, "Why the code is as it is"):
 
 - Programs compile ahead of time on one worker thread (`Compiler`): XLA releases the
   GIL, so the training program compiles on a second core while the main thread loads
   the data, opens the checkpoints and writes its files.
 - Programs that run once (initialisation, final evaluation) or once per epoch (the
   epoch's row order, a sort) compile with cheap XLA options (`RUN_ONCE_OPTIONS`):
-  LLVM's optimisation passes cost more than they save, ~1.4 s of start-up on a CPU
-  (the order: 0.71 -> 0.38 s to compile, 33 -> 46 ms a call for 16 members).
-- Libraries that take over 0.2 s to import load when first needed (`orbax`, `pandas`)
-  or, for matplotlib (~0.6 s), on a thread once training has started
+  LLVM's optimisation passes cost more than they save there.
+- Libraries slow to import load when first needed (`orbax`, `pandas`)
+  or, for matplotlib, on a thread once training has started
   (`preload_figures`); during compilation, which keeps both cores busy, it only
   delayed the training program.
-- The command line ends without the interpreter's teardown (`exit_without_teardown`,
-  ~0.5 s), once its files are closed and every non-daemon thread has finished.
+- The command line ends without the interpreter's teardown (`exit_without_teardown`),
+  once its files are closed and every non-daemon thread has finished.
 
 Everything else is plain code: delete a trick here and the run is the same, only slower.
 """
@@ -79,20 +79,15 @@ def compile_once(fn, *args):
     return jit(fn, run_once=True).lower(*args).compile()
 
 
-def run_once(fn, *args):
-    """Compiles `fn` for `args` with the cheap options and calls it."""
-    return compile_once(fn, *args)(*args)
-
-
 def orbax():
-    """`orbax.checkpoint` (~0.4 s to import): a run imports it while compiling."""
+    """`orbax.checkpoint`, slow to import: a run imports it while compiling."""
     import orbax.checkpoint as ocp
 
     return ocp
 
 
 def pandas():
-    """pandas (~0.25 s to import): only parsing a data file or writing a table needs it."""
+    """pandas, slow to import: only parsing a data file or writing a table needs it."""
     import pandas as pd
 
     return pd
@@ -144,7 +139,7 @@ def persistent_cache() -> str | None:
 def exit_without_teardown(code: int = 0) -> None:
     """Ends a finished program the quick way: runs the atexit handlers (JAX's multi-host
     shutdown, logging's flushes) but skips the interpreter's teardown of ~2,000 modules
-    and XLA's static destructors, ~0.5 s of a 5 s run. Call it only once every file the
+    and XLA's static destructors. Call it only once every file the
     program wrote is closed.
 
     While a non-daemon thread (a writer, a profiler) still runs, `os._exit` would kill

@@ -30,7 +30,6 @@ from mnist_jax.run import workdir as workdir_lib
 from mnist_jax.run import writers
 
 CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
 LINKS_FILE = "checkpoint_links.json"  # a sweep member's block checkpoints (`link`)
 ITEMS = ("params", "opt_state", "metadata")
 # Where a run or a sweep runs, not what it computes: the mesh, and how many of a
@@ -95,8 +94,11 @@ def differing_fields(
 ) -> list[str]:
     """'NAME (OLD -> NEW)' for each field two configs differ in (`identity_fields`;
     `where` names `old` in an error)."""
-    old_flat = identity_fields(old, ignored, where)
-    new_flat = identity_fields(new, ignored)
+    return changes(identity_fields(old, ignored, where), identity_fields(new, ignored))
+
+
+def changes(old_flat: dict, new_flat: dict) -> list[str]:
+    """'NAME (OLD -> NEW)' for each key two flat configs differ in, sorted."""
     return [
         f"{k} ({old_flat.get(k)!r} -> {new_flat.get(k)!r})"
         for k in sorted(old_flat.keys() | new_flat.keys())
@@ -331,7 +333,7 @@ class Checkpointer:
 
     def _same_config(self, saved_config) -> bool:
         if self._own_fields is None:
-            path = self.workdir / CONFIG_FILE
+            path = self.workdir / workdir_lib.CONFIG_FILE
             own = writers.read_json(path) if path.is_file() else {}
             self._own_fields = own and identity_fields(own, RESUMABLE_FIELDS, path)
         if not self._own_fields:  # nothing recorded to compare with
@@ -508,9 +510,11 @@ def recorded_config(config: ConfigDict, resolved: tuple[str, str]) -> dict:
 
 
 def read_config(workdir: str | os.PathLike) -> ConfigDict:
-    path = Path(workdir) / CONFIG_FILE
+    path = Path(workdir) / workdir_lib.CONFIG_FILE
     if not path.is_file():
-        raise UserError(f"{workdir}: no {CONFIG_FILE}; is it a mnist_jax workdir?")
+        raise UserError(
+            f"{workdir}: no {workdir_lib.CONFIG_FILE}; is it a mnist_jax workdir?"
+        )
     return with_defaults(writers.read_json(path), path)
 
 

@@ -6,6 +6,7 @@ same step (stopping alone would leave the others waiting in the next collective)
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,21 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
+from mnist_jax.errors import Interrupted
+
+log = logging.getLogger(__name__)
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stopped(received: list[int], where: str, saved: str) -> Interrupted:
+    """The error that ends a run or sweep a signal stopped: which signal, where, what
+    was saved, and that the same command resumes. Logged to train.log only: the command
+    line prints it once, as its error."""
+    name = signal.Signals(received[0]).name
+    message = f"interrupted by {name} {where}: {saved}; run the same command to resume"
+    log.warning("%s", message, extra={"console": False})
+    return Interrupted(message, received[0])
 
 
 @contextlib.contextmanager

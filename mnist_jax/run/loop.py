@@ -5,7 +5,6 @@ SIGTERM) or when the loss diverges, never saving a bad state."""
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +13,9 @@ from typing import NamedTuple
 import numpy as np
 
 from mnist_jax.core import metrics, steps
-from mnist_jax.errors import Interrupted, TrainingDiverged
+from mnist_jax.errors import TrainingDiverged
 from mnist_jax.platform import mesh as mesh_lib
+from mnist_jax.platform import startup
 from mnist_jax.run import checkpoints, interrupts, schedule, writers
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,14 @@ class EpochOrders:
             if epoch not in self._drawn:
                 self._drawn[epoch] = self._order(self._member, np.int32(epoch))
         return tuple(self._drawn[e] for e in epochs)
+
+
+def orders_for(program: steps.Program, member, done: int, num_steps: int) -> tuple:
+    """The epoch orders one `train_steps` call from step `done` takes, drawn as a run
+    draws them: for a single call outside a run (a notebook, a test, the benchmark)."""
+    return EpochOrders(program, startup.jit(program.epoch_order), member)(
+        done, num_steps
+    )
 
 
 def train_calls(
@@ -144,23 +152,28 @@ def train_chunks(
             if interrupts.agree(received):
                 if last_saved != done:
                     save(done)
-                name = signal.Signals(received[0]).name
-                message = (
-                    f"interrupted by {name} at step {done}: checkpoint saved in "
-                    f"{checkpointer.directory}; run the same command to resume"
+                raise interrupts.stopped(
+                    received,
+                    f"at step {done}",
+                    f"checkpoint saved in {checkpointer.directory}",
                 )
-                # For train.log only: the command line prints it once, as its error.
-                log.warning("%s", message, extra={"console": False})
-                raise Interrupted(message, received[0])
     return state
+
+
+def divergence(config, step: int) -> str:
+    """What diverged where, with the settings to lower: a run's error, a member's
+    warning."""
+    return (
+        f"loss or gradients became NaN/inf at step {step} "
+        f"(optim.learning_rate={config.optim.learning_rate}, "
+        f"optim.clip_norm={config.optim.clip_norm})"
+    )
 
 
 def diverged(config, step: int, last_saved: int) -> TrainingDiverged:
     kept = f"step {last_saved}" if last_saved else "none yet"
     return TrainingDiverged(
-        f"loss or gradients became NaN/inf at step {step} "
-        f"(optim.learning_rate={config.optim.learning_rate}, "
-        f"optim.clip_norm={config.optim.clip_norm}); last good checkpoint: {kept}. "
+        f"{divergence(config, step)}; last good checkpoint: {kept}. "
         "Lower --config.optim.learning_rate or --config.optim.clip_norm"
     )
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
-# A training loop's trip count is static, so each trip count is a compilation (~0.5 s
-# of a 5 s run on a CPU). A chunk may instead run as several calls of one shorter loop
-# (~0.1 ms each, none waiting for the device): up to this many calls per chunk.
+# A training loop's trip count is static, so each trip count is a compilation. A chunk
+# may instead run as several calls of one shorter loop (cheap, none waiting for the
+# device): up to this many calls per chunk.
 MAX_CALLS_PER_CHUNK = 100
 
 
@@ -18,16 +18,16 @@ def period_ends(num_steps: int, num_periods: int) -> list[int]:
     )
 
 
-def save_steps(config) -> list[int]:
+def save_steps(config, *, each_period: bool = True) -> list[int]:
     """Steps at which a run saves: the kept steps it reaches, every
-    `checkpoint.every_steps` (0: each period end), and always the final step."""
+    `checkpoint.every_steps` (0: each period end, or with `each_period=False` none),
+    and always the final step. A sweep's members pass `each_period=False`: many
+    members' saves would cost more than retraining a period after a crash."""
     num_steps = config.train.num_steps
     every = config.checkpoint.every_steps
-    rolling = (
-        range(every, num_steps + 1, every)
-        if every
-        else period_ends(num_steps, config.train.num_periods)
-    )
+    rolling = range(every, num_steps + 1, every) if every else ()
+    if not every and each_period:
+        rolling = period_ends(num_steps, config.train.num_periods)
     kept = (s for s in config.checkpoint.steps if s <= num_steps)
     return sorted({*rolling, *kept, num_steps})
 

@@ -22,6 +22,7 @@ from flax import nnx
 from mnist_jax import data, plots
 from mnist_jax.config import schema as config_schema
 from mnist_jax.core import metrics, programs, steps
+from mnist_jax.data.readers import NUM_CLASSES
 from mnist_jax.errors import ConfigError, UserError
 from mnist_jax.platform import mesh as mesh_lib
 from mnist_jax.platform import startup
@@ -184,11 +185,11 @@ def make_results(config, final: dict, train_seconds: float) -> dict:
     results = {k: float(final[k]) for k in metrics.keys("val", "test")}
     results |= {"num_steps": config.train.num_steps, "train_seconds": train_seconds}
     results["warnings"] = []
-    chance = 1.0 / metrics.NUM_CLASSES
+    chance = 1.0 / NUM_CLASSES
     if results["val/accuracy"] < CHANCE_MULTIPLE * chance:
         results["warnings"].append(
             f"validation accuracy {results['val/accuracy']:.4f} is at chance level "
-            f"({chance:g} for {metrics.NUM_CLASSES} classes): the model learnt "
+            f"({chance:g} for {NUM_CLASSES} classes): the model learnt "
             f"nothing; try a lower optim.learning_rate (now "
             f"{config.optim.learning_rate}) or more steps"
         )

@@ -134,8 +134,8 @@ def write_events(
     `tensorboard --logdir=SWEEP` compares the members of a sweep (TensorBoard's
     hparams take numbers, strings and bools: other values, e.g. tuples of hidden
     units, are written as strings). Written on this thread: tensorboardX's
-    `SummaryWriter` starts a thread and a queue per file, ~20 ms of CPU per member
-    taken from the cores the sweep trains on."""
+    `SummaryWriter` starts a thread and a queue per file, CPU time per member taken
+    from the cores the sweep trains on."""
     from tensorboardX import summary
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.proto.event_pb2 import Event

@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import logging
 import math
-import signal
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -110,17 +109,6 @@ def member_arrays(configs: list[ConfigDict]) -> tuple[jax.Array, ...]:
     )
 
 
-def save_steps(config: ConfigDict) -> list[int]:
-    """Where a member saves: the kept `checkpoint.steps` it reaches, the final step and,
-    if set, every `checkpoint.every_steps` (a sweep has no rolling save per period:
-    many members' saves would cost more than retraining a period after a crash)."""
-    num_steps = config.train.num_steps
-    every = config.checkpoint.every_steps
-    rolling = range(every, num_steps + 1, every) if every else ()
-    kept = (s for s in config.checkpoint.steps if s <= num_steps)
-    return sorted({*rolling, *kept, num_steps})
-
-
 @dataclasses.dataclass
 class SweepRun:
     """What every group of a sweep shares."""
@@ -181,7 +169,7 @@ def run_group(
     period_ends = set(
         schedule.period_ends(config.train.num_steps, config.train.num_periods)
     )
-    save_at = set(save_steps(config)) if run.save else set()
+    save_at = set(schedule.save_steps(config, each_period=False)) if run.save else set()
     chief = mesh_lib.is_chief()
     results: list[dict | None] = [None] * num_real
     tasks: list[Future] = []  # the writer's work: saves and member files
@@ -231,7 +219,7 @@ def run_group(
             if interrupts.agree(run.received):
                 run_tasks()
                 where = f"after block {block}/{blocks} of a group"
-                raise Interrupted(interrupted(run, where), run.received[0])
+                raise interrupted(run, where)
             members = range(block * size, (block + 1) * size)
             real = [j for j in members if j < num_real]
             done_rows = [sweep_members.finished(folders[j]) for j in real]
@@ -276,7 +264,7 @@ def run_group(
                 if stop:
                     run_tasks()
                     where = f"at step {end}"
-                    raise Interrupted(interrupted(run, where), run.received[0])
+                    raise interrupted(run, where)
             test = test_ready.result()(state.params, run.dataset)
             finish = block_run.finish_task(test, results, block * size)
             tasks.append(writer.submit(finish))
@@ -309,12 +297,6 @@ def _writer():
     return ThreadPoolExecutor(max_workers=1)
 
 
-def interrupted(run: SweepRun, where: str) -> str:
-    name = signal.Signals(run.received[0]).name
-    message = (
-        f"interrupted by {name} {where}: member checkpoints saved in "
-        f"{run.workdir / sweep_members.BLOCKS_DIR}; run the same command to resume"
-    )
-    # For the log file only: the command line prints it once, as its error.
-    log.warning("%s", message, extra={"console": False})
-    return message
+def interrupted(run: SweepRun, where: str) -> Interrupted:
+    saved = f"member checkpoints saved in {run.workdir / sweep_members.BLOCKS_DIR}"
+    return interrupts.stopped(run.received, where, saved)

@@ -7,8 +7,8 @@ resumes as a single run. results.json is written last: it marks a member finishe
 A block of members saves one Orbax checkpoint per step, with a leading members axis,
 in `SWEEP/blocks/m<first member>-n<members>-s<slots>/`; each member's folder links to it
 (`checkpoints.link`), and `checkpoints.Checkpointer` reads the member's slice as the
-folder's own checkpoints. One save per member cost 23% of a 64-member sweep; one per
-block costs 4% (docs/performance.md)."""
+folder's own checkpoints: one save per block, not per member, whose saves would cost a
+large share of a sweep (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from jax.sharding import SingleDeviceSharding
 from mnist_jax.core import metrics, programs, steps
 from mnist_jax.errors import UserError
 from mnist_jax.platform import mesh as mesh_lib
-from mnist_jax.run import checkpoints, train, writers
+from mnist_jax.run import checkpoints, loop, train, writers
 from mnist_jax.run import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def restore(
     return steps.TrainState(np.int32(step), params, opt_state), metadatas
 
 
-# One compiled copy of a whole state: leaf by leaf, eager copies cost ~0.3 s a save.
+# One compiled copy of a whole state: eager copies, leaf by leaf, are slow.
 # Plain `jax.jit`: a copy adds nothing up, and `startup.jit` would start JAX's backend
 # at import, before `sweep.use_cpu_cores` splits the CPU.
 _copied = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
@@ -298,10 +298,8 @@ class MemberBlock:
                     step = int(self.nonfinite[i]) + 1
                     member_results["diverged_at_step"] = step
                     warning = (
-                        f"member {self.folders[i].name} diverged: loss or gradients "
-                        f"became NaN/inf at step {step} (optim.learning_rate="
-                        f"{config.optim.learning_rate}, optim.clip_norm="
-                        f"{config.optim.clip_norm})"
+                        f"member {self.folders[i].name} diverged: "
+                        f"{loop.divergence(config, step)}"
                     )
                     member_results["warnings"].append(warning)
                     log.warning("%s", warning)

@@ -25,7 +25,8 @@ SEED = "seed"
 
 
 def import_libraries() -> None:
-    """pandas and matplotlib (~1 s): a sweep imports them while its programs compile."""
+    """pandas and matplotlib, slow to import: a sweep imports them while its programs
+    compile."""
     startup.pandas()
     plots.new_figure()
 

@@ -30,7 +30,7 @@ from ml_collections import ConfigDict
 
 from mnist_jax import data
 from mnist_jax.core import metrics
-from mnist_jax.errors import Interrupted, UserError
+from mnist_jax.errors import UserError
 from mnist_jax.platform import mesh as mesh_lib
 from mnist_jax.run import checkpoints, interrupts, writers
 from mnist_jax.run import workdir as workdir_lib
@@ -156,7 +156,7 @@ def train_groups(
             [members[i][1] for i in indices],
             indices,
             run,
-            # pandas and matplotlib (~1 s) import while the first group compiles.
+            # pandas and matplotlib import while the first group compiles.
             while_compiling=sweep_report.import_libraries if n == 0 else None,
         )
         for i, result in zip(indices, results, strict=True):
@@ -176,10 +176,7 @@ def train_groups(
             time.perf_counter() - group_start,
         )
         if n + 1 < len(by_key) and interrupts.agree(run.received):
-            raise Interrupted(
-                groups.interrupted(run, f"after group {n + 1}/{len(by_key)}"),
-                run.received[0],
-            )
+            raise groups.interrupted(run, f"after group {n + 1}/{len(by_key)}")
     return rows
 
 
@@ -210,11 +207,7 @@ def check_workdir(workdir: Path, config: ConfigDict) -> None:
     if saved is None:
         return
     old, new = identity(saved), identity(config.to_dict())
-    differing = [
-        f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
-        for k in sorted(old.keys() | new.keys())
-        if old.get(k) != new.get(k)
-    ]
+    differing = checkpoints.changes(old, new)
     if differing:
         raise UserError(
             f"{workdir} holds a sweep of another config; differing fields: "

@@ -13,8 +13,8 @@ from jax.sharding import Mesh
 from mnist_jax.core import programs, steps
 
 # Members per device on a device that does not report its memory (a CPU): their
-# params, Adagrad state and gradients (~1 MB each) then stay in the L3 cache. On the
-# 2-core benchmark machine 8 per device beat 16 by 7% over a 64-member sweep.
+# params, Adagrad state and gradients (~1 MB each) then stay in the L3 cache (8 beat 16
+# in the benchmark: docs/performance.md).
 CACHE_MEMBERS_PER_DEVICE = 8
 # The share of a device's memory a block may fill: the rest holds the data set, XLA's
 # scratch space and the error of the estimate below.

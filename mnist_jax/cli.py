@@ -47,6 +47,13 @@ def compilation_cache_dir() -> str | None:
     return str(download.cache_dir() / "xla")
 
 
+_IMPORT = flags.DEFINE_multi_string(
+    "import",
+    [],
+    "A Python file or module to import first, for the models, optimizers, metrics or "
+    "data sets it registers (a run records where its own came from; this gives "
+    "another place). Repeat for more.",
+)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: HOST:PORT of process 0's coordinator."
 )
@@ -224,6 +231,10 @@ def run(main: Callable[[list[str]], None]) -> None:
         startup.use_persistent_cache(compilation_cache_dir())
         init_distributed()
         try:
+            from mnist_jax.config import parts
+
+            for spec in _IMPORT.value:
+                parts.import_file(spec)
             main(argv)
         except UserError as e:
             if debug_requested(sys.argv):

@@ -162,3 +162,18 @@ def test_readme_notebook_snippet_outside_the_repository(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["mlp", "20"]
+
+
+def test_a_config_file_from_before_the_layers_still_loads(tmp_path):
+    """`from mnist_jax import config_schema` (researchers' own config files, an older
+    sweep's best_config.py) resolves to the moved module, with a warning naming it."""
+    old = tmp_path / "old.py"
+    old.write_text(
+        "from mnist_jax import config_schema, models\n\n\n"
+        "def get_config(arg=None):\n"
+        "    assert 'mlp' in models.MODELS.names()\n"
+        "    return config_schema.smoke(config_schema.default_config())\n"
+    )
+    with pytest.warns(DeprecationWarning, match=r"mnist_jax.config.schema"):
+        config = config_files.load_config(str(old))
+    assert config.train.num_steps == 20

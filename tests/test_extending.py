@@ -14,6 +14,8 @@ from mnist_jax import data
 from mnist_jax.analysis import reports
 from mnist_jax.config import schema as config_schema
 from mnist_jax.core import models
+from mnist_jax.data import readers
+from mnist_jax.errors import ConfigError
 from mnist_jax.run import checkpoints, train, writers
 from mnist_jax.sweep import runner
 from tests import processes
@@ -127,7 +129,8 @@ file alone, as the README's "how to extend" shows."""
 import jax.numpy as jnp
 import optax
 
-from mnist_jax import config_schema, metrics, optim
+from mnist_jax.config import schema as config_schema
+from mnist_jax.core import metrics, optim
 
 
 @optim.OPTIMIZERS.register("test_rmsprop", fields={"decay": 0.9})
@@ -174,3 +177,142 @@ def test_an_optimizer_and_a_metric_registered_in_a_config_file(tmp_path):
     assert [r["step"] for r in rows] == [10, 20]
     assert all(r["train/top2_accuracy"] >= r["train/accuracy"] for r in rows)
     assert "val/top2_accuracy" in result.stderr  # the results line of the log
+
+
+CNN_CONFIG = '''"""A model the package has never seen, defined in this config file alone."""
+
+import jax
+from flax import nnx
+
+from mnist_jax.config import schema as config_schema
+from mnist_jax.core import models
+
+
+@models.MODELS.register("file_cnn", fields={"channels": 4})
+class FileCNN(nnx.Module):
+    def __init__(self, channels, *, rngs):
+        self.conv = nnx.Conv(1, channels, kernel_size=(3, 3), strides=2, rngs=rngs)
+        self.head = nnx.Linear(14 * 14 * channels, 10, rngs=rngs)
+
+    def __call__(self, x, *, dropout_key=None):
+        x = jax.nn.relu(self.conv(models.pixels(x).reshape(-1, 28, 28, 1)))
+        return self.head(x.reshape(x.shape[0], -1))
+
+    def first_layer(self):
+        return self.conv.kernel[...].reshape(9, -1)
+
+
+def get_config(arg=None):
+    config = config_schema.smoke(config_schema.default_config())
+    config.model.name = "file_cnn"
+    config.train.num_steps = 20 if arg is None else int(arg)
+    config.checkpoint.steps = (10, 20)
+    return config
+'''
+
+RESTORE = (
+    "import sys; from mnist_jax.run import checkpoints; "
+    "m = checkpoints.restore_model(sys.argv[1], 10); print(type(m).__name__)"
+)
+
+
+def test_a_model_defined_in_a_config_file_is_found_again_by_every_reader(tmp_path):
+    """Trained from a config file under tmp_path, the run records that file; a resume,
+    `restore_model` and the reports, each in a new process that never loaded it, import
+    it again. Moved away, the file is one error line naming it, and `--import` gives
+    its new place."""
+    config_file = tmp_path / "cnn_config.py"
+    config_file.write_text(CNN_CONFIG)
+    workdir = tmp_path / "run"
+    trained = processes.run(
+        "mnist_jax.main", f"--config={config_file}:10", f"--workdir={workdir}"
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_info = json.loads((workdir / "run_info.json").read_text())
+    assert run_info["registered_parts"] == {"model.name=file_cnn": str(config_file)}
+
+    resumed = processes.run(
+        "mnist_jax.main", f"--config={config_file}:20", f"--workdir={workdir}"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from the checkpoint at step 10" in resumed.stderr
+    assert checkpoints.available_steps(workdir) == [10, 20]
+
+    restored = processes.run(processes.Code(RESTORE), str(workdir))
+    assert restored.returncode == 0 and restored.stdout.strip() == "FileCNN", (
+        restored.stderr[-3000:]
+    )
+    for script in ("weight_evolution.py", "confusion_matrix.py"):
+        report = processes.run(
+            processes.REPO / "experiments" / script,
+            f"--workdir={workdir}",
+            f"--out={tmp_path / script}",
+        )
+        assert report.returncode == 0, report.stderr[-3000:]
+
+    moved = tmp_path / "elsewhere" / "cnn.py"
+    moved.parent.mkdir()
+    config_file.rename(moved)
+    script = processes.REPO / "experiments" / "confusion_matrix.py"
+    lost = processes.run(script, f"--workdir={workdir}", f"--out={tmp_path / 'a'}")
+    assert lost.returncode == 2
+    assert lost.stderr.strip().splitlines()[-1] == (
+        f"error: {workdir}: model.name=file_cnn was registered in {config_file}, "
+        "gone; pass --import=FILE of the definition of model.name 'file_cnn'"
+    )
+    found = processes.run(
+        script, f"--workdir={workdir}", f"--out={tmp_path / 'b'}", f"--import={moved}"
+    )
+    assert found.returncode == 0, found.stderr[-3000:]
+
+
+def _load_npz(folder, data_config):
+    """A data set of one .npz file (pool and test arrays): the whole definition."""
+    path = folder / "digits.npz"
+    arrays = np.load(path)
+    pool = slice(0, data_config.num_examples)
+    return data.HostData(
+        arrays["pool_images"][pool],
+        arrays["pool_labels"][pool],
+        arrays["test_images"],
+        arrays["test_labels"],
+        source="test_npz",
+        files={str(path): readers.sha256_file(path)},
+        num_train=data_config.num_train,
+    )
+
+
+def test_a_data_set_is_one_registered_definition(tmp_path):
+    """Registered from outside the package, `data.source=auto` recognises its folder
+    by its marker file, a run trains on it, and the run records where it came from."""
+    embedded = data.load(mlp.get_config("smoke").data)
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    np.savez(
+        folder / "digits.npz",
+        pool_images=embedded.pool_images,
+        pool_labels=embedded.pool_labels,
+        test_images=embedded.test_images,
+        test_labels=embedded.test_labels,
+    )
+    data.SOURCES.register(
+        data.Source("test_npz", _load_npz, "digits in one .npz", marker="digits.npz")
+    )
+    try:
+        config = mlp.get_config("smoke")
+        config.data.source, config.data.path = "auto", str(folder)
+        assert data.resolve(config.data) == ("test_npz", str(folder))
+        workdir = tmp_path / "run"
+        results = train.train_and_evaluate(config, workdir)
+        same = mlp.get_config("smoke")  # the embedded sample, read the package's way
+        reference = train.train_and_evaluate(same, tmp_path / "reference")
+        assert results["val/accuracy"] == reference["val/accuracy"]
+        run_info = json.loads((workdir / "run_info.json").read_text())
+        assert run_info["data"]["source"] == "test_npz"
+        assert run_info["registered_parts"] == {"data.source=test_npz": __file__}
+        config.data.source = "test_npz"
+        config_schema.validate(config)  # a known name now
+    finally:
+        data.SOURCES.unregister("test_npz")
+    with pytest.raises(ConfigError, match="data.source='test_npz' is not one of auto"):
+        config_schema.validate(config)

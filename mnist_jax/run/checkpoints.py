@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import SingleDeviceSharding
 from ml_collections import ConfigDict
 
+from mnist_jax.config import parts
 from mnist_jax.config import schema as config_schema
 from mnist_jax.core import programs
 from mnist_jax.errors import UserError
@@ -515,6 +516,7 @@ def read_config(workdir: str | os.PathLike) -> ConfigDict:
         raise UserError(
             f"{workdir}: no {workdir_lib.CONFIG_FILE}; is it a mnist_jax workdir?"
         )
+    parts.import_recorded(workdir_lib.recorded_parts(workdir), str(workdir))
     return with_defaults(writers.read_json(path), path)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from mnist_jax import data, plots
+from mnist_jax.config import parts
 from mnist_jax.config import schema as config_schema
 from mnist_jax.core import metrics, programs, steps
 from mnist_jax.data.readers import NUM_CLASSES
@@ -39,6 +40,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     """Trains `config` into `workdir` (resuming what is there) and returns
     `results.json`'s contents."""
     start = time.perf_counter()
+    parts.import_recorded(workdir_lib.recorded_parts(workdir), str(workdir))
     config_schema.validate(config)
 
     # Input: which files, and the split sizes; read below, while the programs compile.
@@ -127,6 +129,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 **workdir_lib.environment(),
                 "mesh": mesh_lib.describe(device_mesh),
                 "matmul_precision": config.train.matmul_precision,
+                parts.RUN_INFO_KEY: parts.origins(config, source[0]),
             }
             if chief:
                 stack.enter_context(workdir_lib.log_file(workdir))

@@ -15,8 +15,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from mnist_jax.config import parts
 from mnist_jax.errors import UserError
 from mnist_jax.platform import startup
+from mnist_jax.run import writers
 
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run_info.json"
@@ -155,3 +157,18 @@ def environment() -> dict:
         # Where compiled programs were loaded from or kept (`startup`); None: off.
         "compilation_cache": startup.persistent_cache(),
     }
+
+
+def recorded_parts(workdir: str | os.PathLike) -> dict[str, str] | None:
+    """run_info.json's `registered_parts` (`config.parts`): where the parts the run
+    used were defined; None for a new folder or a run from before it was recorded."""
+    path = Path(workdir) / RUN_INFO_FILE
+    if not path.is_file():
+        return None
+    recorded = writers.read_json(path).get(parts.RUN_INFO_KEY)
+    if recorded is not None and not (
+        isinstance(recorded, dict)
+        and all(isinstance(v, str) for v in recorded.values())
+    ):
+        raise UserError(f"{path}: {parts.RUN_INFO_KEY} is not a table of part -> file")
+    return recorded

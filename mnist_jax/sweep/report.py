@@ -118,7 +118,7 @@ def best_config_source(config, note: str) -> str:
     lines = [
         f'"""{note}"""',
         "",
-        "from mnist_jax import config_schema",
+        "from mnist_jax.config import schema as config_schema",
         "",
         "",
         "def get_config(arg=None):",

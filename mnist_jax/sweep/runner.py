@@ -29,6 +29,7 @@ import jax
 from ml_collections import ConfigDict
 
 from mnist_jax import data
+from mnist_jax.config import parts
 from mnist_jax.core import metrics
 from mnist_jax.errors import UserError
 from mnist_jax.platform import mesh as mesh_lib
@@ -75,6 +76,11 @@ def run_sweep(
             **workdir_lib.environment(),
             "mesh": mesh_lib.describe(device_mesh),
             "sweep_id": sweep_id(workdir),
+            parts.RUN_INFO_KEY: {
+                part: file
+                for _, member in members
+                for part, file in parts.origins(member, source[0]).items()
+            },
         }
         if chief:
             stack.enter_context(workdir_lib.log_file(workdir))

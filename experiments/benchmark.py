@@ -206,28 +206,27 @@ def sweep_seconds(
         programs.init(*groups.member_arrays(configs[b * size : (b + 1) * size]))
         for b in range(blocks)
     ]
-    orders = [loop.EpochOrders(programs.program, programs.order, m) for _, m in runs]
-    done = [0] * blocks
-
-    # The sweep's calls: its static-length loop (10 steps for configs/mlp.py) repeated.
-    lengths = schedule.loop_lengths(config)
 
     def compiled(length):  # as run_group calls it
         return lambda *args: programs.train(args[0], length, *args[1:])
 
+    # The sweep's calls: its static-length loop (10 steps for configs/mlp.py) repeated.
+    trainers = [
+        loop.Trainer(
+            train=compiled,
+            pool=pool,
+            member=member,
+            orders=loop.EpochOrders(programs.program, programs.order, member),
+            lengths=schedule.loop_lengths(config),
+        )
+        for _, member in runs
+    ]
+    done = [0] * blocks
+
     def train(num):  # the state is donated, so each call continues from the last
-        for b, (state, member) in enumerate(runs):
-            state, _ = loop.train_calls(
-                compiled,
-                state,
-                pool,
-                member,
-                orders[b],
-                done[b],
-                done[b] + num,
-                lengths,
-            )
-            runs[b], done[b] = (state, member), done[b] + num
+        for b, trainer in enumerate(trainers):
+            state, _ = trainer.run(runs[b][0], done[b], done[b] + num)
+            runs[b], done[b] = (state, runs[b][1]), done[b] + num
         return [state for state, _ in runs]
 
     start = time.perf_counter()  # the first call of this length compiles it

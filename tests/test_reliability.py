@@ -1,5 +1,6 @@
 """Kill at any moment and lose nothing; one run per workdir; divergence stops cleanly."""
 
+import dataclasses
 import json
 import os
 import re
@@ -173,9 +174,9 @@ def _learning_rate_jumps(monkeypatch, at_step: int, learning_rate: float):
     detection, the discarded chunk and the saves are the package's own."""
     train_chunks = loop.train_chunks
 
-    def with_jump(config, program, programs, state, pool, member, *rest):
+    def with_jump(config, trainer, *rest):
         def train(length):
-            compiled = programs.train(length)
+            compiled = trainer.train(length)
 
             def jumped(state, pool, member, orders):
                 if int(state.step) >= at_step:
@@ -189,8 +190,8 @@ def _learning_rate_jumps(monkeypatch, at_step: int, learning_rate: float):
 
             return jumped
 
-        jumping = programs._replace(train=train)
-        return train_chunks(config, program, jumping, state, pool, member, *rest)
+        jumping = dataclasses.replace(trainer, train=train)
+        return train_chunks(config, jumping, *rest)
 
     monkeypatch.setattr(loop, "train_chunks", with_jump)
 

@@ -146,7 +146,9 @@ def test_matmul_precision_reaches_every_dot(run, name, expected):
     program, state, member, dataset = run
     program = steps.Program(**{**vars(program), "matmul_precision": name})
     for lowered in (
-        jax.jit(program.train_steps, static_argnums=1).lower(state, 3, dataset, member),
+        jax.jit(program.train_steps, static_argnums=1).lower(
+            state, 3, dataset, member, _orders(program, member, 0, 3)
+        ),
         jax.jit(program.pool_scores).lower(state.params, dataset, member),
         jax.jit(program.final_evaluation).lower(state.params, dataset, member),
     ):

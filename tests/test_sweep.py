@@ -59,9 +59,9 @@ def test_grid_is_the_product_of_the_axes(module):
         for name, value in hparams.items():
             assert dict(config_schema.leaves(member))[name] == value, name
     # seeds, learning rates and clip norms are traced: they share a program
-    groups = {grid.group_key(c) for _, c in members}
-    assert len(groups) == math.prod(
-        len(values) for name, values in grid.items() if name not in grid.TRACED_FIELDS
+    keys = {grid.group_key(c) for _, c in members}
+    assert len(keys) == math.prod(
+        len(values) for name, values in swept.items() if name not in grid.TRACED_FIELDS
     )
 
 

@@ -4,34 +4,22 @@ SIGTERM) or when the loss diverges, never saving a bad state."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from mnist_jax.core import metrics, steps
+from mnist_jax.data import Dataset
 from mnist_jax.errors import TrainingDiverged
 from mnist_jax.platform import mesh as mesh_lib
 from mnist_jax.platform import startup
 from mnist_jax.run import checkpoints, interrupts, schedule, writers
 
 log = logging.getLogger(__name__)
-
-
-class ChunkPrograms(NamedTuple):
-    """A run's compiled programs. Its training loop has a static trip count, so there is
-    one program per trip count (`schedule.loop_lengths`; a chunk is one or more calls);
-    the epochs' row orders and the evaluation are calls of their own; so no program
-    holds a conditional (on a GPU, a round trip to the host every step)."""
-
-    # trip count -> (state, pool, member, orders) -> (state, first non-finite step),
-    # as `steps.Program.train_steps`; the state is donated
-    train: Callable[[int], Callable]
-    order: Callable  # (member, epoch) -> that epoch's row order
-    evaluate: Callable  # (params, pool, member) -> the period's scores
 
 
 class EpochOrders:
@@ -65,39 +53,81 @@ def orders_for(program: steps.Program, member, done: int, num_steps: int) -> tup
     )
 
 
-def train_calls(
-    train, state, pool, member, orders: EpochOrders, done: int, end: int, lengths
-):
-    """Steps `done` to `end` (the host's count: reading `state.step` would wait for the
-    device) as `schedule.calls` of the compiled loops `train(length)`
-    (`ChunkPrograms.train`); returns the state and each call's first non-finite step,
-    still on the device, to be read together once per chunk."""
-    nonfinite = []
-    for length in schedule.calls(end - done, lengths):
-        state, first_nonfinite = train(length)(
-            state, pool, member, orders(done, length)
-        )
-        nonfinite.append(first_nonfinite)
-        done += length
-    return state, nonfinite
+@dataclasses.dataclass(frozen=True)
+class CompiledLoops:
+    """A run's training loops, one per trip count, each compiled on `compiler`'s thread
+    when first asked for (`submit`, ahead of time) and waited for when called: a
+    resume off the schedule compiles its own."""
+
+    compiler: startup.Compiler
+    train: Callable  # the jitted loop: (state, num_steps, pool, member, orders)
+    program: steps.Program
+    state: object  # the arguments' shapes (`jax.ShapeDtypeStruct`s) or values
+    pool: object
+    member: object
+    order: object  # one epoch's order
+    _ready: dict = dataclasses.field(default_factory=dict)
+
+    def submit(self, num_steps: int):
+        if num_steps not in self._ready:
+            orders = (self.order,) * self.program.chunk_epochs(num_steps, self.member)
+            self._ready[num_steps] = self.compiler.submit(
+                self.train, self.state, num_steps, self.pool, self.member, orders
+            )
+        return self._ready[num_steps]
+
+    def __call__(self, num_steps: int) -> Callable:
+        return self.submit(num_steps).result()
 
 
-def train_chunks(
-    config,
-    program: steps.Program,
-    programs: ChunkPrograms,
-    state,
-    pool,
-    member,
-    history: list[dict],
-    checkpointer: checkpoints.Checkpointer,
-    workdir: Path,
-    seconds_before: float,
-):
-    """Runs the chunks from `state.step` to `train.num_steps`; returns the final state."""
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """What every chunk of a run, or of a block of sweep members, trains with. The
+    training loop has a static trip count, so there is one compiled program per trip
+    count (`schedule.loop_lengths`; a chunk is one or more calls); the epochs' row
+    orders and the evaluation are calls of their own, so no program holds a
+    conditional (on a GPU, a round trip to the host every step)."""
+
+    # trip count -> (state, pool, member, orders) -> (state, first non-finite step),
+    # as `steps.Program.train_steps`; the state is donated
+    train: Callable[[int], Callable]
+    pool: Dataset  # the training programs never see the test set
+    member: steps.Member
+    orders: EpochOrders
+    lengths: Sequence[int]  # the trip counts compiled ahead of time
+
+    def run(self, state, done: int, end: int):
+        """Steps `done` to `end` (the host's count: reading `state.step` would wait for
+        the device) as `schedule.calls` of the compiled loops; returns the state and
+        each call's first non-finite step, still on the device, to be read together
+        once per chunk."""
+        nonfinite = []
+        for length in schedule.calls(end - done, self.lengths):
+            state, first_nonfinite = self.train(length)(
+                state, self.pool, self.member, self.orders(done, length)
+            )
+            nonfinite.append(first_nonfinite)
+            done += length
+        return state, nonfinite
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFiles:
+    """Where a run's loop writes: metrics rows, checkpoints, and what it had before."""
+
+    workdir: Path
+    checkpointer: checkpoints.Checkpointer
+    history: list[dict]  # metrics rows so far (a resume's, then this run's)
+    seconds_before: float  # training seconds of the run before this resume
+
+
+def train_chunks(config, trainer: Trainer, evaluate: Callable, state, files: RunFiles):
+    """Runs the chunks from `state.step` to `train.num_steps`, evaluating
+    (`evaluate(params, pool, member)`) at period ends; returns the final state."""
     num_steps = config.train.num_steps
     evaluate_at = set(schedule.period_ends(num_steps, config.train.num_periods))
     save_at = set(schedule.save_steps(config))
+    history, checkpointer = files.history, files.checkpointer
     done = first = int(state.step)
     last_saved = done
     clock = time.perf_counter()
@@ -112,27 +142,22 @@ def train_chunks(
                 "history": history,
                 "config": config.to_dict(),
                 "config_hash": checkpoints.config_hash(config.to_dict()),
-                "train_seconds": seconds_before + time.perf_counter() - clock,
+                "train_seconds": files.seconds_before + time.perf_counter() - clock,
             },
         )
 
-    orders = EpochOrders(program, programs.order, member)
-    lengths = schedule.loop_lengths(config)  # those compiled ahead of time
     chief = mesh_lib.is_chief()
     with (
-        writers.MetricWriter(workdir, enabled=chief) as writer,
+        writers.MetricWriter(files.workdir, enabled=chief) as writer,
         interrupts.deferred() as received,
     ):
         writer.write_hparams(config.to_dict())
         for end in schedule.chunk_ends(config, done):
-            evaluate = end in evaluate_at
-            candidate, nonfinite = train_calls(
-                programs.train, state, pool, member, orders, done, end, lengths
-            )
+            candidate, nonfinite = trainer.run(state, done, end)
             # Dispatched at once: the device evaluates while the host waits for both.
-            scores = (
-                programs.evaluate(candidate.params, pool, member) if evaluate else {}
-            )
+            scores = {}
+            if end in evaluate_at:
+                scores = evaluate(candidate.params, trainer.pool, trainer.member)
             nonfinite, scores = mesh_lib.to_host((nonfinite, scores))
             nonfinite = next((s for s in nonfinite if s >= 0), -1)  # the first call's
             if int(nonfinite) >= 0:
@@ -140,7 +165,7 @@ def train_chunks(
                 log.error("%s", error, extra={"console": False})
                 raise error
             state, done = candidate, end
-            if evaluate:
+            if end in evaluate_at:
                 scores = {k: float(v) for k, v in scores.items()}
                 writer.write_scalars(end, scores)
                 history.append({"step": end, **scores})

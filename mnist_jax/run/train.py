@@ -73,26 +73,24 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         jax.eval_shape(init, *init_args), replicated
     )
     pool_spec = mesh_lib.specs(data.pool_spec(num_pool), replicated)
-    train_jit = startup.jit(program.train_steps, static_argnums=1, donate_argnums=0)
     with startup.Compiler() as compiler:
         init_ready = compiler.submit(
             startup.jit(init, run_once=True, out_shardings=replicated), *init_args
         )
         # The training loop's trip count is static: one program per trip count
         # (`schedule.loop_lengths`), compiled in the order the loop needs them.
-        train_ready = {}
-
-        def train_program(num_steps: int):
-            if num_steps not in train_ready:  # a chunk off the schedule (a resume)
-                orders = (order_spec,) * program.chunk_epochs(num_steps, member_spec)
-                train_ready[num_steps] = compiler.submit(
-                    train_jit, state_spec, num_steps, pool_spec, member_spec, orders
-                )
-            return train_ready[num_steps]
-
         order_spec = jax.ShapeDtypeStruct((num_train,), jnp.int32, sharding=replicated)
+        loops = loop.CompiledLoops(
+            compiler=compiler,
+            train=startup.jit(program.train_steps, static_argnums=1, donate_argnums=0),
+            program=program,
+            state=state_spec,
+            pool=pool_spec,
+            member=member_spec,
+            order=order_spec,
+        )
         first_length, *later_lengths = schedule.loop_lengths(config)
-        train_program(first_length)
+        loops.submit(first_length)
         order_ready = compiler.submit(
             startup.jit(program.epoch_order, run_once=True),  # once per epoch
             member_spec,
@@ -103,7 +101,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         )
         host = data.load(config.data, source)
         for length in later_lengths:
-            train_program(length)
+            loops.submit(length)
         dataset = data.to_device(host, replicated)
         final_ready = compiler.submit(
             startup.jit(program.final_evaluation, run_once=True),
@@ -137,18 +135,16 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 writers.write_json(workdir / workdir_lib.CONFIG_FILE, recorded)
                 writers.rewrite_metrics(workdir, history)
                 writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
-            chunk_programs = loop.ChunkPrograms(
-                lambda num_steps: train_program(num_steps).result(),
-                order_ready.result(),
-                # Training starts while the evaluation still compiles.
-                lambda *args: evaluate_ready.result()(*args),
+            trainer = loop.Trainer(
+                train=loops,
+                pool=dataset.without_test(),
+                member=member,
+                orders=loop.EpochOrders(program, order_ready.result(), member),
+                lengths=schedule.loop_lengths(config),
             )
             for end in schedule.chunk_ends(config, int(state.step))[:1]:
                 # Start-up ends once training can start.
-                length = end - int(state.step)
-                chunk_programs.train(
-                    schedule.calls(length, schedule.loop_lengths(config))[0]
-                )
+                trainer.train(schedule.calls(end - int(state.step), trainer.lengths)[0])
             run_info["startup_seconds"] = time.perf_counter() - start
 
             # The loop: chunks between period ends and checkpoint steps.
@@ -156,15 +152,11 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             train_start = time.perf_counter()
             state = loop.train_chunks(
                 config,
-                program,
-                chunk_programs,
+                trainer,
+                # Training starts while the evaluation still compiles.
+                lambda *args: evaluate_ready.result()(*args),
                 state,
-                dataset.without_test(),
-                member,
-                history,
-                checkpointer,
-                workdir,
-                seconds_before,
+                loop.RunFiles(workdir, checkpointer, history, seconds_before),
             )
             run_info["train_seconds"] = (
                 seconds_before + time.perf_counter() - train_start

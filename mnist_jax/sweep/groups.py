@@ -109,7 +109,7 @@ def member_arrays(configs: list[ConfigDict]) -> tuple[jax.Array, ...]:
     )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SweepRun:
     """What every group of a sweep shares."""
 
@@ -125,6 +125,19 @@ class SweepRun:
     save: bool = True  # member checkpoints (off only to measure what they cost)
 
 
+@dataclasses.dataclass(frozen=True)
+class CompiledGroup:
+    """A group's programs, compiling on a second thread while the first block starts."""
+
+    programs: GroupPrograms
+    loops: loop.CompiledLoops  # the training loop, one per trip count
+    order: Future  # each epoch's row orders
+    evaluate: Future  # a period's scores
+    test: Future  # the test set's scores
+    state_spec: steps.TrainState
+    pool: data.Dataset  # training programs never see the test set
+
+
 def run_group(
     configs: list[ConfigDict],
     indices: list[int],
@@ -135,141 +148,156 @@ def run_group(
     `members` axis, in blocks that run one after another (padded with copies of the
     last member, whose results are dropped); returns each member's results.
 
-    Each member saves into its folder (`sweep_members`) at `save_steps`; a block whose
-    members all finished is read back, one whose members have checkpoints resumes from
-    the latest step they share. Saves and files are written on a worker thread while
-    the device trains on (on this thread with several processes: `_writer`).
+    Each member saves into its folder (`sweep_members`) at `schedule.save_steps`; a
+    block whose members all finished is read back, one whose members have checkpoints
+    resumes from the latest step they share. Saves and files are written on a worker
+    thread while the device trains on (on this thread with several processes:
+    `_writer`), which stops, finishing its work, before the checkpoints close.
 
     `while_compiling` runs on this thread while the training program compiles on
     another, time that thread would otherwise spend waiting."""
-    config, device_mesh = configs[0], run.device_mesh
-    num_real = len(configs)
+    config, num_real = configs[0], len(configs)
     blocks, size = block_layout(
         num_real,
-        device_mesh.shape[mesh_lib.MEMBERS],
-        sizing.members_per_device(config, device_mesh),
+        run.device_mesh.shape[mesh_lib.MEMBERS],
+        sizing.members_per_device(config, run.device_mesh),
     )
     padding = blocks * size - num_real
     configs = configs + [configs[-1]] * padding
     folders = [sweep_members.folder(run.workdir, i) for i in indices]
     folders += [folders[-1]] * padding
-    for c, f in zip(configs, folders[:num_real], strict=False):
+    for c, f in zip(configs[:num_real], folders[:num_real], strict=True):
         sweep_members.check_own(f, checkpoints.recorded_config(c, run.source))
-    finished = [sweep_members.finished(f) for f in folders[:num_real]]
-    if all(finished):  # nothing to compile
-        names = ", ".join(f.name for f in folders[:num_real])
-        log.info("Members %s finished earlier: read back.", names)
-        return finished
-    num_pool, num_train = len(run.host.pool_labels), run.host.num_train
-    programs = group_programs(config, num_pool, num_train, device_mesh)
-    pool = run.dataset.without_test()  # training programs never see the test set
-    state_spec, member_spec = jax.eval_shape(
-        programs.init, *member_arrays(configs[:size])
-    )
-    period_ends = set(
-        schedule.period_ends(config.train.num_steps, config.train.num_periods)
-    )
-    save_at = set(schedule.save_steps(config, each_period=False)) if run.save else set()
-    chief = mesh_lib.is_chief()
-    results: list[dict | None] = [None] * num_real
+    results = [sweep_members.finished(f) for f in folders[:num_real]]
+    if all(results):  # nothing to compile
+        _log_read_back(folders[:num_real])
+        return results
     tasks: list[Future] = []  # the writer's work: saves and member files
-
-    def run_tasks():  # waits for the writer (and raises what it raised)
-        while tasks:
-            tasks.pop(0).result()
-
-    # Saves and member files are written in order on one worker thread while this one
-    # keeps the device fed: a block's saves can take longer than its next chunk (with
-    # several processes, on this thread: `_writer`). The worker stops (finishing its
-    # work) before the checkpoints close.
     with (
         startup.Compiler() as compiler,
         contextlib.ExitStack() as stack,
         _writer() as writer,
     ):
-        # The training loop, order, evaluation and test programs compile on a second
-        # thread while this one initialises the first block: one training loop per
-        # trip count (`schedule.loop_lengths`; a resume off the schedule compiles its
-        # own), as a single run does.
-        epoch = jax.ShapeDtypeStruct((), jnp.int32)
-        order_ready = compiler.submit(programs.order, member_spec, epoch)
-        order_spec = jax.eval_shape(programs.order, member_spec, epoch)
-        train_ready: dict[int, Future] = {}
-
-        def train_program(num_steps: int):
-            if num_steps not in train_ready:
-                orders = (order_spec,) * programs.program.chunk_epochs(
-                    num_steps, member_spec
-                )
-                train_ready[num_steps] = compiler.submit(
-                    programs.train, state_spec, num_steps, pool, member_spec, orders
-                )
-            return train_ready[num_steps]
-
-        lengths = schedule.loop_lengths(config)
-        for length in lengths:
-            train_program(length)
-        evaluate_ready = compiler.submit(
-            programs.evaluate, state_spec.params, pool, member_spec
-        )
-        test_ready = compiler.submit(programs.test, state_spec.params, run.dataset)
+        group = _compile(config, configs[:size], run, compiler)
         if while_compiling is not None:
             while_compiling()
         for block in range(blocks):
             if interrupts.agree(run.received):
-                run_tasks()
-                where = f"after block {block}/{blocks} of a group"
-                raise interrupted(run, where)
+                _wait(tasks)
+                raise interrupted(run, f"after block {block}/{blocks} of a group")
             members = range(block * size, (block + 1) * size)
             real = [j for j in members if j < num_real]
-            done_rows = [sweep_members.finished(folders[j]) for j in real]
-            if all(done_rows):
-                for j, row in zip(real, done_rows, strict=True):
-                    results[j] = row
-                names = ", ".join(folders[j].name for j in real)
-                log.info("Members %s finished earlier: read back.", names)
+            if all(results[j] for j in real):
+                _log_read_back([folders[j] for j in real])
                 continue
+            checkpointer = None
+            if run.save:
+                block_dir = sweep_members.block_folder(
+                    run.workdir, [folders[j] for j in real], size
+                )
+                checkpointer = stack.enter_context(
+                    checkpoints.Checkpointer(block_dir, config.checkpoint.steps)
+                )
             block_run = sweep_members.MemberBlock(
-                config,
                 [configs[j] for j in members],
                 [folders[j] for j in members],
-                real[-1] - block * size + 1,
+                len(real),
                 run,
-                chief,
-                stack,
+                checkpointer,
             )
-            state, member = programs.init(*member_arrays(block_run.configs))
-            state = block_run.resume(state, state_spec, num_pool, num_train)
-            done = block_run.start
-            orders = loop.EpochOrders(programs.program, order_ready.result(), member)
-            for end in schedule.chunk_ends(config, done):
-                state, nonfinite = loop.train_calls(
-                    lambda length: train_program(length).result(),
-                    state,
-                    pool,
-                    member,
-                    orders,
-                    done,
-                    end,
-                    lengths,
-                )
-                done = end
-                scores = None
-                if end in period_ends:
-                    scores = evaluate_ready.result()(state.params, pool, member)
-                block_run.record(end, scores, nonfinite)
-                stop = interrupts.agree(run.received) and end < config.train.num_steps
-                if end in save_at or stop:
-                    tasks.append(writer.submit(block_run.save_task(end, state)))
-                if stop:
-                    run_tasks()
-                    where = f"at step {end}"
-                    raise interrupted(run, where)
-            test = test_ready.result()(state.params, run.dataset)
-            finish = block_run.finish_task(test, results, block * size)
-            tasks.append(writer.submit(finish))
-        run_tasks()
+            test = _train_block(block_run, group, run, writer, tasks)
+            tasks.append(
+                writer.submit(block_run.finish_task(test, results, members[0]))
+            )
+        _wait(tasks)
     return results
+
+
+def _compile(
+    config: ConfigDict, block: list[ConfigDict], run: SweepRun, compiler
+) -> CompiledGroup:
+    """Submits the group's training loops (one per trip count, `schedule.loop_lengths`,
+    as a single run), order, evaluation and test programs to `compiler`."""
+    num_pool, num_train = len(run.host.pool_labels), run.host.num_train
+    programs = group_programs(config, num_pool, num_train, run.device_mesh)
+    pool = run.dataset.without_test()
+    state_spec, member_spec = jax.eval_shape(programs.init, *member_arrays(block))
+    epoch = jax.ShapeDtypeStruct((), jnp.int32)
+    loops = loop.CompiledLoops(
+        compiler=compiler,
+        train=programs.train,
+        program=programs.program,
+        state=state_spec,
+        pool=pool,
+        member=member_spec,
+        order=jax.eval_shape(programs.order, member_spec, epoch),
+    )
+    order = compiler.submit(programs.order, member_spec, epoch)
+    for length in schedule.loop_lengths(config):
+        loops.submit(length)
+    return CompiledGroup(
+        programs=programs,
+        loops=loops,
+        order=order,
+        evaluate=compiler.submit(
+            programs.evaluate, state_spec.params, pool, member_spec
+        ),
+        test=compiler.submit(programs.test, state_spec.params, run.dataset),
+        state_spec=state_spec,
+        pool=pool,
+    )
+
+
+def _train_block(
+    block_run: sweep_members.MemberBlock,
+    group: CompiledGroup,
+    run: SweepRun,
+    writer,
+    tasks: list[Future],
+):
+    """Trains one block from its members' latest common checkpoint to the end,
+    queueing its saves on `writer`; returns its test scores (on the device)."""
+    config = block_run.config
+    num_pool, num_train = len(run.host.pool_labels), run.host.num_train
+    state, member = group.programs.init(*member_arrays(block_run.configs))
+    state = block_run.resume(state, group.state_spec, num_pool, num_train)
+    trainer = loop.Trainer(
+        train=group.loops,
+        pool=group.pool,
+        member=member,
+        orders=loop.EpochOrders(group.programs.program, group.order.result(), member),
+        lengths=schedule.loop_lengths(config),
+    )
+    period_ends = set(
+        schedule.period_ends(config.train.num_steps, config.train.num_periods)
+    )
+    save_at = set(schedule.save_steps(config, each_period=False)) if run.save else ()
+    done = block_run.start
+    for end in schedule.chunk_ends(config, done):
+        state, nonfinite = trainer.run(state, done, end)
+        done = end
+        scores = None
+        if end in period_ends:
+            scores = group.evaluate.result()(state.params, group.pool, member)
+        block_run.record(end, scores, nonfinite)
+        stop = interrupts.agree(run.received) and end < config.train.num_steps
+        if end in save_at or stop:
+            tasks.append(writer.submit(block_run.save_task(end, state)))
+        if stop:
+            _wait(tasks)
+            raise interrupted(run, f"at step {end}")
+    return group.test.result()(state.params, run.dataset)
+
+
+def _wait(tasks: list[Future]) -> None:
+    """Waits for the writer's tasks in order (raising what one raised)."""
+    while tasks:
+        tasks.pop(0).result()
+
+
+def _log_read_back(folders: list[Path]) -> None:
+    names = ", ".join(f.name for f in folders)
+    log.info("Members %s finished earlier: read back.", names)
 
 
 class _OnThisThread:

@@ -158,24 +158,20 @@ _copied = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 class MemberBlock:
     """A block of a sweep group (members trained together) on the host side: its
     members' histories, checkpoints, divergence and folders. `run` is the sweep's
-    `sweep.SweepRun`; the first `num_real` of `folders` are real members, the rest
+    `groups.SweepRun`; the first `num_real` of `folders` are real members, the rest
     padding."""
 
-    def __init__(self, config, configs, folders, num_real, run, chief, stack):
-        self.config, self.configs, self.folders = config, configs, folders
-        self.num_real, self.run, self.chief = num_real, run, chief
+    def __init__(self, configs, folders, num_real, run, checkpointer=None):
+        self.config, self.configs, self.folders = configs[0], configs, folders
+        self.num_real, self.run = num_real, run
+        self.chief = mesh_lib.is_chief()  # process 0 writes; all take part in saves
+        self.checkpointer = checkpointer  # the block's (`block_folder`), None: no saves
         self.histories = [[] for _ in configs]
         self.periods: list = []  # (step, scores on device) not yet in `histories`
         self.nonfinite = np.full(len(configs), -1)  # first non-finite step, 0-based
         self.pending_nonfinite: list = []
         self.start, self.seconds_before = 0, 0.0
         self.clock = time.perf_counter()
-        self.block_dir = block_folder(run.workdir, folders[:num_real], len(folders))
-        self.checkpointer = None
-        if run.save:
-            self.checkpointer = stack.enter_context(
-                checkpoints.Checkpointer(self.block_dir, config.checkpoint.steps)
-            )
 
     def resume(self, state, state_spec, num_pool: int, num_train: int):
         """The members' latest common checkpoint, or `state` (and their first files)."""
@@ -198,7 +194,7 @@ class MemberBlock:
             for i, f in enumerate(real):
                 checkpoints.link(
                     f,
-                    self.block_dir,
+                    self.checkpointer.workdir,
                     i,
                     len(self.folders),
                     member=f.name,

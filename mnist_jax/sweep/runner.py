@@ -88,16 +88,16 @@ def run_sweep(
             writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
         received = stack.enter_context(interrupts.deferred())
         run = groups.SweepRun(
-            workdir,
-            host,
-            dataset,
-            device_mesh,
-            source,
-            run_info,
-            received,
-            [h for h, _ in members],
-            run_info["sweep_id"],
-            save,
+            workdir=workdir,
+            host=host,
+            dataset=dataset,
+            device_mesh=device_mesh,
+            source=source,
+            run_info=run_info,
+            received=received,
+            hparams=[h for h, _ in members],
+            sweep_id=run_info["sweep_id"],
+            save=save,
         )
         rows = train_groups(members, run)
 

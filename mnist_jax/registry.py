@@ -18,6 +18,8 @@ from mnist_jax.errors import ConfigError
 class Entry:
     build: Callable[..., Any]
     fields: Mapping[str, Any]  # config field -> default, passed to `build` by name
+    # (**fields) -> None: raises a one-line ConfigError for a value that cannot work
+    check: Callable[..., None] | None = None
 
 
 class Registry:
@@ -27,9 +29,16 @@ class Registry:
         self.group = group
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, *, fields: Mapping[str, Any] | None = None):
+    def register(
+        self,
+        name: str,
+        *,
+        fields: Mapping[str, Any] | None = None,
+        check: Callable[..., None] | None = None,
+    ):
         """Decorator: `@MODELS.register("mlp", fields={"hidden_units": (100, 100)})`.
-        `build` receives each field's configured value as a keyword argument."""
+        `build` receives each field's configured value as a keyword argument; so does
+        `check`, which the config schema calls to refuse a value in one line."""
 
         def add(build):
             for field, default in (fields or {}).items():
@@ -39,7 +48,7 @@ class Registry:
                         f"{self.group}.{field}: registered with default {known!r} "
                         f"already; {name!r} cannot give it {default!r}"
                     )
-            self._entries[name] = Entry(build, dict(fields or {}))
+            self._entries[name] = Entry(build, dict(fields or {}), check)
             return build
 
         return add
@@ -70,6 +79,12 @@ class Registry:
         their defaults, so a config from before a field existed still builds)."""
         entry = self.entry(group_config.name)
         return {f: group_config.get(f, d) for f, d in entry.fields.items()}
+
+    def check(self, group_config) -> None:
+        """The chosen entry's own check of its fields' values, if it has one."""
+        entry = self.entry(group_config.name)
+        if entry.check is not None:
+            entry.check(**self.arguments(group_config))
 
     def unused(self, group_config) -> list[str]:
         """Fields set away from their default that the chosen entry does not read: a

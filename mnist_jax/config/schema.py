@@ -177,6 +177,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Raises a one-line `ConfigError` for the first value that cannot work."""
     check_known_fields(config)
     flat = dict(_leaves(config))
+    _check_numbers(flat)
+    _check_choices(config, flat)
+    _check_counts(flat)
+
+
+def _check_numbers(flat: dict) -> None:
     for name in (
         "data.num_examples",
         "data.num_train",
@@ -193,6 +199,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
             or not value > 0
         ):
             raise ConfigError(f"{name}={value!r} must be a positive number")
+    if flat["data.num_train"] >= flat["data.num_examples"]:
+        raise ConfigError(
+            f"data.num_train={flat['data.num_train']} must be below data.num_examples="
+            f"{flat['data.num_examples']} (the rest is the validation set)"
+        )
+    if flat["train.num_periods"] > flat["train.num_steps"]:
+        raise ConfigError(
+            f"train.num_periods={flat['train.num_periods']} exceeds train.num_steps="
+            f"{flat['train.num_steps']}"
+        )
+
+
+def _check_choices(config: ml_collections.ConfigDict, flat: dict) -> None:
+    """Registered names, and each registered part's own fields (`Registry.check`)."""
     if flat["data.source"] != "auto":
         SOURCES.entry(flat["data.source"])  # one line naming the choices if unknown
     for group, registry in (("model", models.MODELS), ("optim", optim.OPTIMIZERS)):
@@ -203,26 +223,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"{config[group].name!r}; leave it at its default "
                 f"{registry.defaults()[field]!r}"
             )
-    if flat["optim.loss_reduction"] not in optim.LOSS_REDUCTIONS:
-        raise ConfigError(
-            f"optim.loss_reduction={flat['optim.loss_reduction']!r} is not one of "
-            f"{', '.join(optim.LOSS_REDUCTIONS)}"
-        )
-    if flat["train.matmul_precision"] not in steps.MATMUL_PRECISIONS:
-        raise ConfigError(
-            f"train.matmul_precision={flat['train.matmul_precision']!r} is not one of "
-            f"{', '.join(steps.MATMUL_PRECISIONS)}"
-        )
-    every = flat["checkpoint.every_steps"]
-    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
-        raise ConfigError(
-            f"checkpoint.every_steps={every!r} must be 0 (each period end) or positive"
-        )
-    block = flat["sweep_block.members_per_device"]
-    if isinstance(block, bool) or not isinstance(block, numbers.Integral) or block < 0:
-        raise ConfigError(
-            f"sweep_block.members_per_device={block!r} must be 0 (auto) or positive"
-        )
+        registry.check(config[group])
+    for name, choices in (
+        ("optim.loss_reduction", optim.LOSS_REDUCTIONS),
+        ("train.matmul_precision", steps.MATMUL_PRECISIONS),
+    ):
+        if flat[name] not in choices:
+            raise ConfigError(
+                f"{name}={flat[name]!r} is not one of {', '.join(choices)}"
+            )
+
+
+def _check_counts(flat: dict) -> None:
+    """The checkpoint and sweep-block fields: integers where 0 means a default."""
+    for name, zero in (
+        ("checkpoint.every_steps", "each period end"),
+        ("sweep_block.members_per_device", "auto"),
+    ):
+        value = flat[name]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or value < 0
+        ):
+            raise ConfigError(f"{name}={value!r} must be 0 ({zero}) or positive")
     kept = flat["checkpoint.steps"]
     if not isinstance(kept, tuple | list) or any(
         isinstance(s, bool) or not isinstance(s, numbers.Integral) or s <= 0
@@ -231,27 +255,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"checkpoint.steps={kept!r} must be a tuple of positive integers "
             "(steps beyond train.num_steps are fine: a longer run reaches them)"
-        )
-    hidden = flat["model.hidden_units"]
-    if (
-        not isinstance(hidden, tuple | list)
-        or not hidden
-        or any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in hidden)
-    ):
-        raise ConfigError(
-            f"model.hidden_units={hidden!r} must be a tuple of positive integers"
-        )
-    if not 0.0 <= flat["model.dropout_rate"] < 1.0:
-        raise ConfigError(
-            f"model.dropout_rate={flat['model.dropout_rate']!r} must be in [0, 1)"
-        )
-    if flat["data.num_train"] >= flat["data.num_examples"]:
-        raise ConfigError(
-            f"data.num_train={flat['data.num_train']} must be below data.num_examples="
-            f"{flat['data.num_examples']} (the rest is the validation set)"
-        )
-    if flat["train.num_periods"] > flat["train.num_steps"]:
-        raise ConfigError(
-            f"train.num_periods={flat['train.num_periods']} exceeds train.num_steps="
-            f"{flat['train.num_steps']}"
         )

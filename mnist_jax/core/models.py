@@ -80,7 +80,27 @@ class Linear(nnx.Module):
         return self.dense.kernel[...]
 
 
-@MODELS.register("mlp", fields={"hidden_units": (100, 100), "dropout_rate": 0.0})
+def _check_mlp(hidden_units, dropout_rate) -> None:
+    if (
+        not isinstance(hidden_units, tuple | list)
+        or not hidden_units
+        or any(
+            isinstance(h, bool) or not isinstance(h, int) or h <= 0
+            for h in hidden_units
+        )
+    ):
+        raise ConfigError(
+            f"model.hidden_units={hidden_units!r} must be a tuple of positive integers"
+        )
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ConfigError(f"model.dropout_rate={dropout_rate!r} must be in [0, 1)")
+
+
+@MODELS.register(
+    "mlp",
+    fields={"hidden_units": (100, 100), "dropout_rate": 0.0},
+    check=_check_mlp,
+)
 class MLP(nnx.Module):
     """ReLU hidden layers of `hidden_units` widths then logits, as
     `tf.estimator.DNNClassifier`: glorot-uniform kernels, zero biases, and dropout at

@@ -10,6 +10,7 @@ evaluates) and at checkpoint steps. A workdir with checkpoints is resumed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -43,26 +44,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     parts.import_recorded(workdir_lib.recorded_parts(workdir), str(workdir))
     config_schema.validate(config)
 
-    # Input: which files, and the split sizes; read below, while the programs compile.
-    source = data.resolve(config.data)
-    num_pool, num_train = data.split_sizes(
-        source[0], config.data.num_examples, config.data.num_train
-    )
-    if config.train.batch_size > num_train:
-        raise ConfigError(
-            f"train.batch_size={config.train.batch_size} exceeds the {num_train} "
-            "training rows"
-        )
-
-    # Mesh: one device per process unless mesh.shape asks for data parallelism
-    # (mesh.default_devices says why); params replicated, rows split along "data".
-    device_mesh = mesh_lib.make_mesh(config.mesh.shape)
-    if mesh_lib.MEMBERS in device_mesh.shape:
-        raise ConfigError(
-            f"mesh.shape={tuple(config.mesh.shape)!r} has a members axis, which only a "
-            "sweep uses; give a single run (data,) or ()"
-        )
-    mesh_lib.check_batch(device_mesh, config.train.batch_size)
+    source, num_pool, num_train = _input_sizes(config)
+    device_mesh = _single_run_mesh(config)
     replicated = mesh_lib.replicated(device_mesh)
 
     # Model, optimizer and update step: one pure program, compiled ahead of time.
@@ -72,42 +55,23 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     state_spec, member_spec = mesh_lib.specs(
         jax.eval_shape(init, *init_args), replicated
     )
-    pool_spec = mesh_lib.specs(data.pool_spec(num_pool), replicated)
     with startup.Compiler() as compiler:
-        init_ready = compiler.submit(
-            startup.jit(init, run_once=True, out_shardings=replicated), *init_args
-        )
-        # The training loop's trip count is static: one program per trip count
-        # (`schedule.loop_lengths`), compiled in the order the loop needs them.
-        order_spec = jax.ShapeDtypeStruct((num_train,), jnp.int32, sharding=replicated)
-        loops = loop.CompiledLoops(
-            compiler=compiler,
-            train=startup.jit(program.train_steps, static_argnums=1, donate_argnums=0),
-            program=program,
-            state=state_spec,
-            pool=pool_spec,
-            member=member_spec,
-            order=order_spec,
-        )
+        ahead = _AheadOfTime(compiler, program, replicated, state_spec, member_spec)
+        init_ready = ahead.submit(init, *init_args, out_shardings=replicated)
+        loops = ahead.loops(num_pool, num_train)
         first_length, *later_lengths = schedule.loop_lengths(config)
         loops.submit(first_length)
-        order_ready = compiler.submit(
-            startup.jit(program.epoch_order, run_once=True),  # once per epoch
-            member_spec,
-            jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-        )
+        epoch = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+        order_ready = ahead.submit(program.epoch_order, member_spec, epoch)
         evaluate_ready = compiler.submit(
-            startup.jit(program.pool_scores), state_spec.params, pool_spec, member_spec
+            startup.jit(program.pool_scores), state_spec.params, loops.pool, member_spec
         )
         host = data.load(config.data, source)
         for length in later_lengths:
             loops.submit(length)
         dataset = data.to_device(host, replicated)
-        final_ready = compiler.submit(
-            startup.jit(program.final_evaluation, run_once=True),
-            state_spec.params,
-            dataset,
-            member_spec,
+        final_ready = ahead.submit(
+            program.final_evaluation, state_spec.params, dataset, member_spec
         )
 
         # Workdir: touched only now that config and data are known good.
@@ -173,6 +137,65 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                 run_info["wall_seconds"] = time.perf_counter() - start
                 writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
     return results
+
+
+def _input_sizes(config) -> tuple[tuple[str, str], int, int]:
+    """Which data (`data.resolve`) and its split sizes, known before it is read (it
+    loads while the programs compile)."""
+    source = data.resolve(config.data)
+    num_pool, num_train = data.split_sizes(
+        source[0], config.data.num_examples, config.data.num_train
+    )
+    if config.train.batch_size > num_train:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} exceeds the {num_train} "
+            "training rows"
+        )
+    return source, num_pool, num_train
+
+
+def _single_run_mesh(config):
+    """One device per process unless mesh.shape asks for data parallelism
+    (mesh.default_devices says why); params replicated, rows split along "data"."""
+    device_mesh = mesh_lib.make_mesh(config.mesh.shape)
+    if mesh_lib.MEMBERS in device_mesh.shape:
+        raise ConfigError(
+            f"mesh.shape={tuple(config.mesh.shape)!r} has a members axis, which only a "
+            "sweep uses; give a single run (data,) or ()"
+        )
+    mesh_lib.check_batch(device_mesh, config.train.batch_size)
+    return device_mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class _AheadOfTime:
+    """Submits a run's programs to compile on `compiler`'s thread."""
+
+    compiler: startup.Compiler
+    program: steps.Program
+    replicated: object  # the mesh's replicated sharding
+    state_spec: steps.TrainState
+    member_spec: steps.Member
+
+    def submit(self, fn, *args, **jit_kwargs):
+        """A program run once (or once per epoch): cheap XLA options."""
+        return self.compiler.submit(startup.jit(fn, run_once=True, **jit_kwargs), *args)
+
+    def loops(self, num_pool: int, num_train: int) -> loop.CompiledLoops:
+        """The training loops, one per trip count (`schedule.loop_lengths`)."""
+        return loop.CompiledLoops(
+            compiler=self.compiler,
+            train=startup.jit(
+                self.program.train_steps, static_argnums=1, donate_argnums=0
+            ),
+            program=self.program,
+            state=self.state_spec,
+            pool=mesh_lib.specs(data.pool_spec(num_pool), self.replicated),
+            member=self.member_spec,
+            order=jax.ShapeDtypeStruct(
+                (num_train,), jnp.int32, sharding=self.replicated
+            ),
+        )
 
 
 def make_results(config, final: dict, train_seconds: float) -> dict:

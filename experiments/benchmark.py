@@ -53,7 +53,7 @@ from mnist_jax.core import optim, programs
 from mnist_jax.platform import devices, startup
 from mnist_jax.platform import mesh as mesh_lib
 from mnist_jax.run import loop, schedule, writers
-from mnist_jax.sweep import grid, groups, runner, sizing
+from mnist_jax.sweep import grid, groups, runner
 
 # JAX on a GPU takes 75% of its memory at start-up; this process and the runs it
 # starts share the device, so each takes only what it uses.
@@ -192,12 +192,7 @@ def sweep_seconds(
     grid_config = sweep_config(config, num_lrs, num_seeds)
     configs = [member for _, member in grid.expand(grid_config)]
     device_mesh = mesh_lib.make_sweep_mesh(())
-    blocks, size = groups.block_layout(
-        len(configs),
-        device_mesh.shape["members"],
-        sizing.members_per_device(config, device_mesh),
-    )
-    configs += [configs[-1]] * (blocks * size - len(configs))
+    configs, blocks, size = groups.padded(configs, device_mesh)
     pool = data.to_device(host, mesh_lib.replicated(device_mesh)).without_test()
     programs = groups.group_programs(
         config, len(host.pool_labels), host.num_train, device_mesh
@@ -302,133 +297,19 @@ def sweep_args(workdir, members: int, num_steps: int) -> list[str]:
     ]
 
 
-def main(argv) -> None:
-    devices.use_cpu_cores()  # as `python -m mnist_jax.sweep` does; single runs use one
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    num_steps, repeats = _STEPS.value, _REPEATS.value
-    config = config_schema.default_config()  # configs/mlp.py
-    config.data.path = _DATA_DIR.value
-    config.train.num_steps = num_steps
-    sizes = sorted({int(m) for m in _SWEEPS.value})
-    host = data.load(config.data)
-    dataset = data.to_device(host)
-    program, state, member = programs.init_run(config, host)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    flops_per_step = 6 * config.train.batch_size * num_params
-
-    fused = startup.jit(program.train_steps, static_argnums=1)
-    orders = loop.orders_for(program, member, 0, num_steps)
-    start = time.perf_counter()
-    jax.block_until_ready(fused(state, num_steps, dataset, member, orders))  # compiles
-    fused_compile_s = time.perf_counter() - start
-    fused_s = median_seconds(
-        lambda: fused(state, num_steps, dataset, member, orders), repeats
-    )
-    plain_s = plain_loop_seconds(
-        config, program, state, dataset, member, num_steps, repeats
-    )
-    peak = matmul_gflops(repeats)
-    sweep_1024 = _SWEEP_1024.value
-    if sweep_1024 is None:
-        sweep_1024 = jax.default_backend() != "cpu"
-    sweeps = {}
-    for m in sorted({1, *sizes, *((1024,) if sweep_1024 else ())}):
-        seconds, first_call = sweep_seconds(
-            config, host, *grid_shape(m), num_steps, repeats
-        )
-        gflops = flops_per_step * m * num_steps / seconds / 1e9
-        sweeps[m] = {
-            "seconds": seconds,
-            "model_steps_per_second": m * num_steps / seconds,
-            "us_per_step": seconds / num_steps * 1e6,
-            "first_call_seconds": first_call,
-            "peak_device_mb": peak_device_mb(),
-            "gflops": gflops,
-            "share_of_matmul_peak": gflops / peak,
-        }
-
-    with tempfile.TemporaryDirectory() as tmp:
-        # The single run is short and the machine's speed drifts: its yardstick is the
-        # median of `repeats` fresh processes (each in a new workdir) taken before,
-        # between and after the sweeps, so a ratio compares like with like.
-        # Cold starts, every program compiled, as before the compilation cache; the
-        # cache's effect is measured apart, below.
-        def single_run(i: int, cache: str = "--nocompilation_cache") -> dict:
-            return process(
-                [
-                    "-m",
-                    "mnist_jax.main",
-                    "--config=configs/mlp.py",
-                    f"--workdir={tmp}/single{i}",
-                    f"--config.data.path={_DATA_DIR.value}",
-                    f"--config.train.num_steps={num_steps}",
-                    cache,
-                ]
-            )
-
-        # Single runs before, between and after the sweeps.
-        singles, processes = [single_run(0)], {}
-        for m in sizes:
-            processes[m] = process(sweep_args(f"{tmp}/s{m}", m, num_steps))
-            if len(singles) < repeats:
-                singles.append(single_run(len(singles)))
-        singles += [single_run(i) for i in range(len(singles), repeats)]
-        walls = sorted(run["wall_seconds"] for run in singles)
-        # A repeated run with the compilation cache on (its default): the first fills
-        # the cache, the next `repeats` load every program from it.
-        warm_cache = f"--compilation_cache_dir={tmp}/xla"
-        warm = [
-            single_run(100 + i, warm_cache)["wall_seconds"] for i in range(repeats + 1)
-        ][1:]
-        single = {
-            "wall_seconds": float(np.median(walls)),
-            "wall_seconds_each": [run["wall_seconds"] for run in singles],
-            "peak_rss_mb": max(run["peak_rss_mb"] for run in singles),
-        }
-
-    # The 64-member sweep's member checkpoints (one Orbax save per block of members and
-    # kept step, 12 here): their share of its wall time, trained in this process with
-    # and without them.
-    largest = sizes[-1]
-    saves = checkpoint_share(config, largest, pairs=repeats)
-
-    report = {
-        "machine": {
-            "platform": jax.default_backend(),
-            "device_kind": jax.devices()[0].device_kind,
-            "devices": [str(d) for d in jax.devices()],
-            "cpu": platform.processor() or platform.machine(),
-            "jax": jax.__version__,
-        },
-        "model": {
-            "params": num_params,
-            "batch_size": config.train.batch_size,
-            "flops_per_step": flops_per_step,
-            "steps": num_steps,
-        },
-        "single": {
-            "fused_us_per_step": fused_s / num_steps * 1e6,
-            "plain_loop_us_per_step": plain_s / num_steps * 1e6,
-            "plain_over_fused": plain_s / fused_s,
-            "fused_gflops": flops_per_step * num_steps / fused_s / 1e9,
-            "fused_first_call_seconds": fused_compile_s,
-        },
-        "matmul_gflops": peak,
-        "sweeps": sweeps,
-        "processes": {
-            "mlp_run": single,
-            "mlp_run_warm_cache_seconds_each": warm,
-            **{f"sweep_{m}": run for m, run in processes.items()},
-            **{
-                f"sweep_{m}_over_single": run["wall_seconds"] / single["wall_seconds"]
-                for m, run in processes.items()
-            },
-        },
-        f"sweep_{largest}_checkpoints": saves,
+def table_rows(report: dict, walls: list, warm: list, repeats: int) -> list[dict]:
+    """benchmark.md's rows, from benchmark.json's `report`."""
+    sweeps, single = report["sweeps"], report["processes"]["mlp_run"]
+    processes = {
+        int(k.split("_")[1]): v
+        for k, v in report["processes"].items()
+        if k.startswith("sweep_") and not k.endswith("_over_single")
     }
-    writers.write_json(out / "benchmark.json", report)
-    rows = [
+    largest = max(processes)
+    saves = report[f"sweep_{largest}_checkpoints"]
+    fused_compile_s = report["single"]["fused_first_call_seconds"]
+    peak = report["matmul_gflops"]
+    return [
         {
             "measure": "fused training, us/step",
             "value": report["single"]["fused_us_per_step"],
@@ -516,6 +397,142 @@ def main(argv) -> None:
             "value": saves["share"],
         },
     ]
+
+
+def process_walls(num_steps: int, sizes: list[int], repeats: int):
+    """Whole processes: `configs/mlp.py` runs (cold, and repeated with a warm
+    compilation cache) and each sweep size; (single, walls, warm, sweeps)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        # The single run is short and the machine's speed drifts: its yardstick is the
+        # median of `repeats` fresh processes (each in a new workdir) taken before,
+        # between and after the sweeps, so a ratio compares like with like.
+        # Cold starts, every program compiled, as before the compilation cache; the
+        # cache's effect is measured apart, below.
+        def single_run(i: int, cache: str = "--nocompilation_cache") -> dict:
+            return process(
+                [
+                    "-m",
+                    "mnist_jax.main",
+                    "--config=configs/mlp.py",
+                    f"--workdir={tmp}/single{i}",
+                    f"--config.data.path={_DATA_DIR.value}",
+                    f"--config.train.num_steps={num_steps}",
+                    cache,
+                ]
+            )
+
+        # Single runs before, between and after the sweeps.
+        singles, processes = [single_run(0)], {}
+        for m in sizes:
+            processes[m] = process(sweep_args(f"{tmp}/s{m}", m, num_steps))
+            if len(singles) < repeats:
+                singles.append(single_run(len(singles)))
+        singles += [single_run(i) for i in range(len(singles), repeats)]
+        walls = sorted(run["wall_seconds"] for run in singles)
+        # A repeated run with the compilation cache on (its default): the first fills
+        # the cache, the next `repeats` load every program from it.
+        warm_cache = f"--compilation_cache_dir={tmp}/xla"
+        warm = [
+            single_run(100 + i, warm_cache)["wall_seconds"] for i in range(repeats + 1)
+        ][1:]
+        single = {
+            "wall_seconds": float(np.median(walls)),
+            "wall_seconds_each": [run["wall_seconds"] for run in singles],
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in singles),
+        }
+    return single, walls, warm, processes
+
+
+def main(argv) -> None:
+    devices.use_cpu_cores()  # as `python -m mnist_jax.sweep` does; single runs use one
+    out = Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    num_steps, repeats = _STEPS.value, _REPEATS.value
+    config = config_schema.default_config()  # configs/mlp.py
+    config.data.path = _DATA_DIR.value
+    config.train.num_steps = num_steps
+    sizes = sorted({int(m) for m in _SWEEPS.value})
+    host = data.load(config.data)
+    dataset = data.to_device(host)
+    program, state, member = programs.init_run(config, host)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    flops_per_step = 6 * config.train.batch_size * num_params
+
+    fused = startup.jit(program.train_steps, static_argnums=1)
+    orders = loop.orders_for(program, member, 0, num_steps)
+    start = time.perf_counter()
+    jax.block_until_ready(fused(state, num_steps, dataset, member, orders))  # compiles
+    fused_compile_s = time.perf_counter() - start
+    fused_s = median_seconds(
+        lambda: fused(state, num_steps, dataset, member, orders), repeats
+    )
+    plain_s = plain_loop_seconds(
+        config, program, state, dataset, member, num_steps, repeats
+    )
+    peak = matmul_gflops(repeats)
+    sweep_1024 = _SWEEP_1024.value
+    if sweep_1024 is None:
+        sweep_1024 = jax.default_backend() != "cpu"
+    sweeps = {}
+    for m in sorted({1, *sizes, *((1024,) if sweep_1024 else ())}):
+        seconds, first_call = sweep_seconds(
+            config, host, *grid_shape(m), num_steps, repeats
+        )
+        gflops = flops_per_step * m * num_steps / seconds / 1e9
+        sweeps[m] = {
+            "seconds": seconds,
+            "model_steps_per_second": m * num_steps / seconds,
+            "us_per_step": seconds / num_steps * 1e6,
+            "first_call_seconds": first_call,
+            "peak_device_mb": peak_device_mb(),
+            "gflops": gflops,
+            "share_of_matmul_peak": gflops / peak,
+        }
+
+    single, walls, warm, processes = process_walls(num_steps, sizes, repeats)
+
+    # The 64-member sweep's member checkpoints (one Orbax save per block of members and
+    # kept step, 12 here): their share of its wall time, trained in this process with
+    # and without them.
+    largest = sizes[-1]
+    saves = checkpoint_share(config, largest, pairs=repeats)
+
+    report = {
+        "machine": {
+            "platform": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind,
+            "devices": [str(d) for d in jax.devices()],
+            "cpu": platform.processor() or platform.machine(),
+            "jax": jax.__version__,
+        },
+        "model": {
+            "params": num_params,
+            "batch_size": config.train.batch_size,
+            "flops_per_step": flops_per_step,
+            "steps": num_steps,
+        },
+        "single": {
+            "fused_us_per_step": fused_s / num_steps * 1e6,
+            "plain_loop_us_per_step": plain_s / num_steps * 1e6,
+            "plain_over_fused": plain_s / fused_s,
+            "fused_gflops": flops_per_step * num_steps / fused_s / 1e9,
+            "fused_first_call_seconds": fused_compile_s,
+        },
+        "matmul_gflops": peak,
+        "sweeps": sweeps,
+        "processes": {
+            "mlp_run": single,
+            "mlp_run_warm_cache_seconds_each": warm,
+            **{f"sweep_{m}": run for m, run in processes.items()},
+            **{
+                f"sweep_{m}_over_single": run["wall_seconds"] / single["wall_seconds"]
+                for m, run in processes.items()
+            },
+        },
+        f"sweep_{largest}_checkpoints": saves,
+    }
+    writers.write_json(out / "benchmark.json", report)
+    rows = table_rows(report, walls, warm, repeats)
     table = writers.markdown_table(rows, digits=3)
     header = f"Machine: {report['machine']['cpu']}, {report['machine']['devices']}, jax {jax.__version__}\n\n"
     (out / "benchmark.md").write_text(header + table)

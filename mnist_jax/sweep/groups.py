@@ -46,6 +46,19 @@ def block_layout(
     return blocks, math.ceil(per_device / blocks) * num_shards
 
 
+def padded(
+    configs: list[ConfigDict], device_mesh: Mesh
+) -> tuple[list[ConfigDict], int, int]:
+    """(`configs` padded with copies of the last member to fill the blocks, blocks,
+    members per block): the layout `run_group` trains a group in (`block_layout`)."""
+    blocks, size = block_layout(
+        len(configs),
+        device_mesh.shape[mesh_lib.MEMBERS],
+        sizing.members_per_device(configs[0], device_mesh),
+    )
+    return configs + [configs[-1]] * (blocks * size - len(configs)), blocks, size
+
+
 class GroupPrograms(NamedTuple):
     """A group's programs, each `jax.vmap` of a single run's (`loop.ChunkPrograms`),
     members sharded over the mesh's `members` axis: what `run_group` runs and the
@@ -157,13 +170,8 @@ def run_group(
     `while_compiling` runs on this thread while the training program compiles on
     another, time that thread would otherwise spend waiting."""
     config, num_real = configs[0], len(configs)
-    blocks, size = block_layout(
-        num_real,
-        run.device_mesh.shape[mesh_lib.MEMBERS],
-        sizing.members_per_device(config, run.device_mesh),
-    )
+    configs, blocks, size = padded(configs, run.device_mesh)
     padding = blocks * size - num_real
-    configs = configs + [configs[-1]] * padding
     folders = [sweep_members.folder(run.workdir, i) for i in indices]
     folders += [folders[-1]] * padding
     for c, f in zip(configs[:num_real], folders[:num_real], strict=True):

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from mnist_jax.core import programs
-from mnist_jax.run import checkpoints
+from mnist_jax.run import checkpoints, identity
 from mnist_jax.sweep import members as sweep_members
 
 TIMING_KEYS = ("train_seconds",)  # written per run, not part of what it computed
@@ -30,7 +30,7 @@ def outputs(workdir: Path, num_members: int, kept_steps: list[int]) -> dict:
         files[f"{i}/results"] = results
         files[f"{i}/metrics"] = (member / "metrics.jsonl").read_bytes()
         assert checkpoints.available_steps(member) == kept_steps, member
-        config = checkpoints.read_config(member)
+        config = identity.read_config(member)
         _, abstract = nnx.split(programs.abstract_model(config))
         with checkpoints.Checkpointer(
             member, read_only=True, block_reads=reads

@@ -5,7 +5,7 @@ import pytest
 from configs import default, linear, mlp
 from mnist_jax.config import schema as config_schema
 from mnist_jax.errors import ConfigError
-from mnist_jax.run import checkpoints
+from mnist_jax.run import identity
 
 
 @pytest.mark.parametrize("module", [default, linear, mlp])
@@ -38,7 +38,7 @@ def test_written_config_reads_back_the_same(tmp_path, module, arg):
     """What a run writes to config.json, analysis reads back as the same config."""
     config = module.get_config(arg)
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
-    assert checkpoints.read_config(tmp_path).to_dict() == config.to_dict()
+    assert identity.read_config(tmp_path).to_dict() == config.to_dict()
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from mnist_jax import data
 from mnist_jax.analysis import reports
 from mnist_jax.analysis import runs as analysis
 from mnist_jax.errors import DataError, UserError
-from mnist_jax.run import checkpoints, train
+from mnist_jax.run import checkpoints, identity, train
 from tests import processes
 from tests.processes import REPO
 
@@ -224,7 +224,7 @@ def test_a_workdir_without_a_recorded_fingerprint_loads_unchecked(
     info = json.loads((workdir / "run_info.json").read_text())
     del info["data"]
     (workdir / "run_info.json").write_text(json.dumps(info))
-    assert checkpoints.recorded_data_sha256(workdir) is None
+    assert identity.recorded_data_sha256(workdir) is None
     analysis.load_run(workdir, data_path=changed_data)
 
 
@@ -238,7 +238,7 @@ def test_a_config_lacking_a_field_resumes_with_its_default(tmp_path):
         config = saved.get("config", saved)
         del config["optim"]["loss_reduction"]  # as if written before the field existed
         path.write_text(json.dumps(saved))
-    assert checkpoints.read_config(workdir).optim.loss_reduction == "sum"
+    assert identity.read_config(workdir).optim.loss_reduction == "sum"
 
     extended = mlp.get_config("smoke")
     extended.train.num_steps = 30
@@ -257,12 +257,12 @@ def test_where_the_data_lives_is_not_part_of_a_runs_identity():
     config = mlp.get_config("smoke").to_dict()
     moved = json.loads(json.dumps(config))
     moved["data"] |= {"source": "mlcc", "path": "/elsewhere/", "url": "http://x/"}
-    assert checkpoints.config_hash(moved) == checkpoints.config_hash(config)
-    checkpoints.check_resumable(moved, config, "W")
+    assert identity.config_hash(moved) == identity.config_hash(config)
+    identity.check_resumable(moved, config, "W")
     moved["data"]["num_train"] = 700
-    assert checkpoints.config_hash(moved) != checkpoints.config_hash(config)
+    assert identity.config_hash(moved) != identity.config_hash(config)
     with pytest.raises(UserError, match="data.num_train"):
-        checkpoints.check_resumable(moved, config, "W")
+        identity.check_resumable(moved, config, "W")
 
 
 def test_compare_runs_writes_a_new_folder_and_never_overwrites(

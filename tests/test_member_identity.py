@@ -12,7 +12,7 @@ import pytest
 from configs import sweep_linear
 from mnist_jax.core import programs
 from mnist_jax.errors import UserError
-from mnist_jax.run import checkpoints, train
+from mnist_jax.run import checkpoints, identity, train
 from mnist_jax.sweep import members as sweep_members
 from mnist_jax.sweep import runner
 
@@ -110,7 +110,7 @@ def test_own_checkpoints_read_when_the_sweep_is_gone(finished, tmp_path):
     sweep_dir, copy = tmp_path / "s", tmp_path / "copy"
     _sweep(sweep_dir)
     shutil.copytree(sweep_members.folder(sweep_dir, 0), copy)
-    config = checkpoints.read_config(copy)
+    config = identity.read_config(copy)
     config.train.num_steps = 40
     train.train_and_evaluate(config, copy)  # extended as a single run: own step 40
     assert checkpoints.available_steps(copy) == [5, 10, 20, 40]
@@ -132,7 +132,7 @@ def test_a_member_extended_outside_the_sweep_is_refused(finished, tmp_path):
     workdir = tmp_path / "s"
     shutil.copytree(original, workdir)
     member = sweep_members.folder(workdir, 0)
-    config = checkpoints.read_config(member)
+    config = identity.read_config(member)
     config.train.num_steps = 40
     train.train_and_evaluate(config, member)
     before = (workdir / "sweep.csv").read_bytes()
@@ -153,7 +153,7 @@ def test_a_resumed_block_reads_each_block_checkpoint_once(finished, monkeypatch)
 
     workdir, logits = finished
     folders = [sweep_members.folder(workdir, i) for i in range(2)]
-    config = checkpoints.read_config(folders[0])
+    config = identity.read_config(folders[0])
     _, state, _ = programs.init_run(config, data.load(config.data))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     manager = startup.orbax().CheckpointManager

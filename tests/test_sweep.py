@@ -15,7 +15,7 @@ from mnist_jax.analysis import reports
 from mnist_jax.analysis import runs as analysis
 from mnist_jax.config import schema as config_schema
 from mnist_jax.errors import ConfigError, UserError
-from mnist_jax.run import checkpoints, train, writers
+from mnist_jax.run import checkpoints, identity, train, writers
 from mnist_jax.run import workdir as workdir_lib
 from mnist_jax.sweep import grid, groups, runner, sizing
 from mnist_jax.sweep import members as sweep_members
@@ -99,7 +99,7 @@ def test_members_equal_their_single_runs_bitwise_at_the_default_layout(tmp_path)
     for index in (0, 13, 18, 31):  # both groups (batch 30 and 100), first and last
         member = sweep_members.folder(workdir, index)
         single = tmp_path / f"single-{index}"
-        results = train.train_and_evaluate(checkpoints.read_config(member), single)
+        results = train.train_and_evaluate(identity.read_config(member), single)
         member_results = json.loads((member / "results.json").read_text())
         for key in ("train_seconds",):
             results.pop(key), member_results.pop(key)
@@ -245,7 +245,7 @@ def test_member_folders_are_single_runs(smoke_sweep, tmp_path):
     workdir, rows = smoke_sweep
     member = sweep_members.folder(workdir, 1)
     assert checkpoints.available_steps(member) == [5, 10, 20]
-    config = checkpoints.read_config(member)
+    config = identity.read_config(member)
     assert config.optim.learning_rate == rows[1]["optim.learning_rate"]
     assert config.seed == rows[1]["seed"] and config.data.source == "embedded"
     results = json.loads((member / "results.json").read_text())
@@ -319,7 +319,7 @@ def test_member_folder_resumes_as_a_single_run(smoke_sweep, tmp_path, caplog):
     workdir, rows = smoke_sweep
     copy = tmp_path / "member"
     shutil.copytree(sweep_members.folder(workdir, 1), copy)
-    config = checkpoints.read_config(copy)
+    config = identity.read_config(copy)
     config.train.num_steps = 30
     caplog.set_level(logging.INFO, logger="mnist_jax")
     train.train_and_evaluate(config, copy)

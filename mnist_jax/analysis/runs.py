@@ -22,7 +22,7 @@ from mnist_jax import data, plots
 from mnist_jax.core import metrics, programs, steps
 from mnist_jax.errors import DataError, UserError
 from mnist_jax.platform import startup
-from mnist_jax.run import checkpoints
+from mnist_jax.run import checkpoints, identity
 
 DEAD_UNIT_NOTE = "never active (ReLU output 0) on any validation image"
 IGNORED_UNIT_FRACTION = 0.1  # outgoing weight norm below this share of the median
@@ -121,7 +121,7 @@ def load_run(
     a sweep's members read each block checkpoint once.
     """
     workdir = Path(workdir)
-    config = checkpoints.read_config(workdir)
+    config = identity.read_config(workdir)
     saved = checkpoints.available_steps(workdir)
     checkpoints.check_step(workdir, None, saved)
     if data_path is not None:
@@ -134,7 +134,7 @@ def load_run(
             host = data.load(config.data)
         except DataError as e:
             raise DataError(f"{e}; {remedy}") from e
-    checkpoints.check_data(workdir, host, remedy)
+    identity.check_data(workdir, host, remedy)
     program, state, member = programs.init_run(config, host)
     if dataset is None:
         dataset = data.to_device(host)

@@ -17,7 +17,7 @@ from mnist_jax.data import Dataset
 from mnist_jax.errors import TrainingDiverged
 from mnist_jax.platform import mesh as mesh_lib
 from mnist_jax.platform import startup
-from mnist_jax.run import checkpoints, interrupts, schedule, writers
+from mnist_jax.run import checkpoints, identity, interrupts, schedule, writers
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def train_chunks(config, trainer: Trainer, evaluate: Callable, state, files: Run
                 "step": step,
                 "history": history,
                 "config": config.to_dict(),
-                "config_hash": checkpoints.config_hash(config.to_dict()),
+                "config_hash": identity.config_hash(config.to_dict()),
                 "train_seconds": files.seconds_before + time.perf_counter() - clock,
             },
         )

@@ -28,7 +28,7 @@ from mnist_jax.data.readers import NUM_CLASSES
 from mnist_jax.errors import ConfigError, UserError
 from mnist_jax.platform import mesh as mesh_lib
 from mnist_jax.platform import startup
-from mnist_jax.run import checkpoints, loop, schedule, writers
+from mnist_jax.run import checkpoints, identity, loop, schedule, writers
 from mnist_jax.run import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
             }
             if chief:
                 stack.enter_context(workdir_lib.log_file(workdir))
-                recorded = checkpoints.recorded_config(config, source)
+                recorded = identity.recorded_config(config, source)
                 writers.write_json(workdir / workdir_lib.CONFIG_FILE, recorded)
                 writers.rewrite_metrics(workdir, history)
                 writers.write_json(workdir / workdir_lib.RUN_INFO_FILE, run_info)
@@ -253,9 +253,9 @@ def resume(
             f"{checkpointer.directory / str(step)}: not a readable mnist_jax checkpoint "
             f"({type(e).__name__}); move it away to resume from an earlier one"
         ) from e
-    checkpoints.check_resumable(saved_config, config.to_dict(), workdir)
+    identity.check_resumable(saved_config, config.to_dict(), workdir)
     if host is not None:
-        checkpoints.check_data(
+        identity.check_data(
             workdir,
             host,
             "point --config.data.path at the run's data, or use a new --workdir",

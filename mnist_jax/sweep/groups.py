@@ -25,7 +25,7 @@ from mnist_jax.core import steps
 from mnist_jax.errors import Interrupted
 from mnist_jax.platform import mesh as mesh_lib
 from mnist_jax.platform import startup
-from mnist_jax.run import checkpoints, interrupts, loop, schedule
+from mnist_jax.run import checkpoints, identity, interrupts, loop, schedule
 from mnist_jax.sweep import members as sweep_members
 from mnist_jax.sweep import sizing
 
@@ -175,7 +175,7 @@ def run_group(
     folders = [sweep_members.folder(run.workdir, i) for i in indices]
     folders += [folders[-1]] * padding
     for c, f in zip(configs[:num_real], folders[:num_real], strict=True):
-        sweep_members.check_own(f, checkpoints.recorded_config(c, run.source))
+        sweep_members.check_own(f, identity.recorded_config(c, run.source))
     results = [sweep_members.finished(f) for f in folders[:num_real]]
     if all(results):  # nothing to compile
         _log_read_back(folders[:num_real])

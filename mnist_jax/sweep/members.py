@@ -26,7 +26,7 @@ from jax.sharding import SingleDeviceSharding
 from mnist_jax.core import metrics, programs, steps
 from mnist_jax.errors import UserError
 from mnist_jax.platform import mesh as mesh_lib
-from mnist_jax.run import checkpoints, loop, train, writers
+from mnist_jax.run import checkpoints, identity, loop, train, writers
 from mnist_jax.run import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def metadata(config, step: int, history: list[dict], train_seconds: float) -> di
         "step": step,
         "history": history,
         "config": config_dict,
-        "config_hash": checkpoints.config_hash(config_dict),
+        "config_hash": identity.config_hash(config_dict),
         "train_seconds": train_seconds,
     }
 
@@ -79,10 +79,10 @@ def check_own(member_dir: Path, recorded_config: dict) -> None:
     path = member_dir / workdir_lib.CONFIG_FILE
     if not path.is_file():
         return
-    differing = checkpoints.differing_fields(
+    differing = identity.differing_fields(
         writers.read_json(path),
         recorded_config,
-        ignored=checkpoints.LAYOUT_FIELDS,
+        ignored=identity.LAYOUT_FIELDS,
         where=path,
     )
     if differing:
@@ -188,7 +188,7 @@ class MemberBlock:
         step = resume_step(real)
         if step is None and self.chief:
             for c, f in zip(self.configs, real, strict=False):
-                recorded = checkpoints.recorded_config(c, self.run.source)
+                recorded = identity.recorded_config(c, self.run.source)
                 write_start(f, recorded, self.run.run_info)
         if self.chief and self.checkpointer:  # before the block's first save
             for i, f in enumerate(real):

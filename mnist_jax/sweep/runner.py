@@ -33,7 +33,7 @@ from mnist_jax.config import parts
 from mnist_jax.core import metrics
 from mnist_jax.errors import UserError
 from mnist_jax.platform import mesh as mesh_lib
-from mnist_jax.run import checkpoints, interrupts, writers
+from mnist_jax.run import checkpoints, identity, interrupts, writers
 from mnist_jax.run import workdir as workdir_lib
 from mnist_jax.sweep import grid, groups
 from mnist_jax.sweep import report as sweep_report
@@ -65,7 +65,7 @@ def run_sweep(
     with contextlib.ExitStack() as stack:
         stack.enter_context(workdir_lib.lock(workdir))  # every process agrees
         check_workdir(workdir, config)
-        checkpoints.check_data(
+        identity.check_data(
             workdir,
             host,
             "point --config.data.path at the sweep's data, or use a new --workdir",
@@ -187,16 +187,16 @@ def train_groups(
 
 
 # A sweep may be resumed on another layout (where it runs, not what it computes); data
-# is identified by content (`checkpoints.check_data`), not by where it was read.
-RESUMABLE_FIELDS = (*checkpoints.LAYOUT_FIELDS, *checkpoints.DATA_LOCATION_FIELDS)
+# is identified by content (`identity.check_data`), not by where it was read.
+RESUMABLE_FIELDS = (*identity.LAYOUT_FIELDS, *identity.DATA_LOCATION_FIELDS)
 
 
-def identity(saved: dict) -> dict:
+def sweep_identity(saved: dict) -> dict:
     """The flat fields (axes as `sweep.NAME`) that make two sweep configs the same
     sweep; the base is filled onto today's defaults, as a single run's is."""
-    base = checkpoints.with_defaults({k: v for k, v in saved.items() if k != "sweep"})
-    flat = checkpoints.flat_config(base.to_dict())
-    flat |= checkpoints.flat_config(saved.get("sweep") or {}, "sweep.")
+    base = identity.with_defaults({k: v for k, v in saved.items() if k != "sweep"})
+    flat = identity.flat_config(base.to_dict())
+    flat |= identity.flat_config(saved.get("sweep") or {}, "sweep.")
     return {k: v for k, v in flat.items() if k not in RESUMABLE_FIELDS}
 
 
@@ -212,8 +212,8 @@ def check_workdir(workdir: Path, config: ConfigDict) -> None:
         )
     if saved is None:
         return
-    old, new = identity(saved), identity(config.to_dict())
-    differing = checkpoints.changes(old, new)
+    old, new = sweep_identity(saved), sweep_identity(config.to_dict())
+    differing = identity.changes(old, new)
     if differing:
         raise UserError(
             f"{workdir} holds a sweep of another config; differing fields: "

@@ -5,6 +5,7 @@ SIGTERM) or when the loss diverges, never saving a bad state."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -48,9 +49,12 @@ class EpochOrders:
 def orders_for(program: steps.Program, member, done: int, num_steps: int) -> tuple:
     """The epoch orders one `train_steps` call from step `done` takes, drawn as a run
     draws them: for a single call outside a run (a notebook, a test, the benchmark)."""
-    return EpochOrders(program, startup.jit(program.epoch_order), member)(
-        done, num_steps
-    )
+    return EpochOrders(program, _epoch_order(program), member)(done, num_steps)
+
+
+@functools.cache
+def _epoch_order(program: steps.Program) -> Callable:
+    return startup.jit(program.epoch_order, run_once=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +125,19 @@ class RunFiles:
     seconds_before: float  # training seconds of the run before this resume
 
 
+def metadata(config, step: int, history: list[dict], train_seconds: float) -> dict:
+    """A checkpoint's metadata item: what a resume restores besides the arrays, and the
+    config it checks (a single run's and each sweep member's alike)."""
+    config_dict = config.to_dict()
+    return {
+        "step": step,
+        "history": history,
+        "config": config_dict,
+        "config_hash": identity.config_hash(config_dict),
+        "train_seconds": train_seconds,
+    }
+
+
 def train_chunks(config, trainer: Trainer, evaluate: Callable, state, files: RunFiles):
     """Runs the chunks from `state.step` to `train.num_steps`, evaluating
     (`evaluate(params, pool, member)`) at period ends; returns the final state."""
@@ -134,17 +151,8 @@ def train_chunks(config, trainer: Trainer, evaluate: Callable, state, files: Run
 
     def save(step):
         writer.flush()
-        checkpointer.save(
-            step,
-            state,
-            {
-                "step": step,
-                "history": history,
-                "config": config.to_dict(),
-                "config_hash": identity.config_hash(config.to_dict()),
-                "train_seconds": files.seconds_before + time.perf_counter() - clock,
-            },
-        )
+        seconds = files.seconds_before + time.perf_counter() - clock
+        checkpointer.save(step, state, metadata(config, step, history, seconds))
 
     chief = mesh_lib.is_chief()
     with (

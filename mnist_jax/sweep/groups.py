@@ -171,9 +171,8 @@ def run_group(
     another, time that thread would otherwise spend waiting."""
     config, num_real = configs[0], len(configs)
     configs, blocks, size = padded(configs, run.device_mesh)
-    padding = blocks * size - num_real
     folders = [sweep_members.folder(run.workdir, i) for i in indices]
-    folders += [folders[-1]] * padding
+    folders += [folders[-1]] * (len(configs) - num_real)
     for c, f in zip(configs[:num_real], folders[:num_real], strict=True):
         sweep_members.check_own(f, identity.recorded_config(c, run.source))
     results = [sweep_members.finished(f) for f in folders[:num_real]]

@@ -59,18 +59,6 @@ def write_start(member_dir: Path, recorded_config: dict, run_info: dict) -> None
     writers.write_json(member_dir / workdir_lib.RUN_INFO_FILE, run_info)
 
 
-def metadata(config, step: int, history: list[dict], train_seconds: float) -> dict:
-    """A checkpoint's metadata item, as a single run writes it (`loop.train_chunks`)."""
-    config_dict = config.to_dict()
-    return {
-        "step": step,
-        "history": history,
-        "config": config_dict,
-        "config_hash": identity.config_hash(config_dict),
-        "train_seconds": train_seconds,
-    }
-
-
 def check_own(member_dir: Path, recorded_config: dict) -> None:
     """Refuses, in one line, a member folder changed outside the sweep: its config.json
     says another config than the sweep's member `recorded_config`, e.g. it was
@@ -262,7 +250,7 @@ class MemberBlock:
             seconds = self.seconds()
             metadatas = []
             for i in range(self.num_real):
-                meta = metadata(self.configs[i], step, self.histories[i], seconds)
+                meta = loop.metadata(self.configs[i], step, self.histories[i], seconds)
                 meta["nonfinite_step"] = int(self.nonfinite[i])
                 metadatas.append(meta)
             names = [f.name for f in self.folders[: self.num_real]]

@@ -284,3 +284,99 @@ def write_run_figures(
     )
     if first_layer is not None:
         save(plot_weight_grid(first_layer), workdir / "first_layer_weights.png")
+
+
+def _grid(fig: Figure, panels: int, cols: int = 3):
+    rows = math.ceil(panels / cols)
+    return [fig.add_subplot(rows, min(cols, panels), i + 1) for i in range(panels)]
+
+
+def plot_loss_paths(paths: list[dict]) -> Figure:
+    """Training (dashed) and validation (solid) log loss along straight paths, one
+    panel per path, its barrier in the title (`diagnostics_paths.png`)."""
+    cols = min(3, len(paths))
+    rows = math.ceil(len(paths) / cols)
+    fig = new_figure(figsize=(4.6 * cols, 3.6 * rows))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.9, hspace=0.5)
+    for ax, path in zip(_grid(fig, len(paths)), paths, strict=True):
+        for split, style in (("val", "-"), ("train", "--")):
+            ax.plot(
+                path["alpha"],
+                path[f"{split}/log_loss"],
+                ls=style,
+                marker=".",
+                label="validation" if split == "val" else "training",
+            )
+        ax.set_title(
+            f"{path['from']} -> {path['to']}\nbarrier {path['train_barrier']:.3g} "
+            f"(train), {path['val_barrier']:.3g} (val)",
+            fontsize=8,
+        )
+        ax.set_xlabel("interpolation weight", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.axes[0].set_ylabel("log loss")
+    fig.axes[0].legend(fontsize=7)
+    fig.suptitle("Loss along straight paths between checkpoints")
+    return fig
+
+
+def plot_loss_slices(slices: list[dict]) -> Figure:
+    """Contours of the loss on 2-D slices around checkpoints, each marked by a cross
+    (`diagnostics_slices.png`)."""
+    fig = new_figure(figsize=(4.2 * len(slices), 3.8))
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.85, wspace=0.3)
+    for i, piece in enumerate(slices):
+        ax = fig.add_subplot(1, len(slices), i + 1)
+        coords, loss = np.asarray(piece["coords"]), np.asarray(piece["loss"])
+        levels = np.quantile(loss, np.linspace(0, 1, 16))
+        contour = ax.contour(coords, coords, loss.T, levels=np.unique(levels))
+        ax.clabel(contour, fontsize=6, fmt="%.2g")
+        ax.plot([0], [0], "kx")
+        ax.set_title(piece["title"], fontsize=8)
+        ax.set_xlabel("direction 1", fontsize=8)
+        ax.set_aspect("equal")
+    fig.axes[0].set_ylabel("direction 2", fontsize=8)
+    fig.suptitle("Training loss around each checkpoint (filter-normalised directions)")
+    return fig
+
+
+def plot_similarity(matrices: list[tuple[str, list[str], np.ndarray]]) -> Figure:
+    """Heatmaps of (title, labels, square matrix), e.g. linear CKA between
+    checkpoints (`diagnostics_cka.png`)."""
+    fig = new_figure(figsize=(4.6 * len(matrices), 4.2))
+    fig.subplots_adjust(left=0.16, right=0.97, bottom=0.2, top=0.88, wspace=0.45)
+    for i, (title, labels, matrix) in enumerate(matrices):
+        ax = fig.add_subplot(1, len(matrices), i + 1)
+        ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        ticks = range(len(labels))
+        ax.set_xticks(ticks, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(ticks, labels, fontsize=7)
+        if len(labels) <= 8:
+            for r in ticks:
+                for c in ticks:
+                    ax.text(
+                        c,
+                        r,
+                        f"{matrix[r, c]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="w" if matrix[r, c] < 0.6 else "k",
+                    )
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
+def plot_per_class(labels: list[str], accuracy: np.ndarray) -> Figure:
+    """Accuracy per digit (columns) of each checkpoint (rows): which digits are
+    learned first (`diagnostics_per_class.png`)."""
+    fig = new_figure(figsize=(7, 1.2 + 0.3 * len(labels)))
+    fig.subplots_adjust(left=0.3, right=0.95, bottom=0.08, top=0.9)
+    ax = fig.add_subplot()
+    image = ax.imshow(accuracy, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(accuracy.shape[1]))
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("digit")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    ax.set_title("Validation accuracy per digit")
+    return fig

@@ -83,6 +83,12 @@ class RunView:
             **{k.split("/", 1)[1]: float(v) for k, v in values.items()},
         }
 
+    def classes(self, params, x) -> np.ndarray:
+        """The predicted class of each of the images `x` (any rows, not only a
+        split's: another run's validation images, say)."""
+        logits_of, _ = _scoring()
+        return np.asarray(jnp.argmax(logits_of(self.program, params, x), axis=-1))
+
     def scores(self, params, split: str) -> dict[str, float]:
         """Every metric of a split, keyed as in metrics.jsonl (`val/accuracy`)."""
         predicted = self.predict(params, split)

@@ -14,7 +14,12 @@ pure pytree, `jax.vmap`-ed over a sweep's members, so a model must:
   square image (28x28 pixels for a dense layer, k x k for a convolution), which the run's
   `first_layer_weights.png` and `experiments/weight_evolution.py` draw and measure; and
   `first_layer_activity(x)` (N, units) and `first_layer_outgoing()` (units, next), with
-  which the analysis counts dead units and units the next layer ignores.
+  which the analysis counts dead units and units the next layer ignores;
+- optionally define `representations(x)`: {layer name: (N, units)}, the activations
+  `analysis/similarity.py` compares by CKA (default: the logits alone), and a static
+  `filter_axis(path, shape)`: the axis of a parameter that indexes its filters, or None
+  to leave it out, for the filter-normalised directions of `analysis/landscape.py`
+  (default: a kernel's last axis, its output units; biases left out).
 """
 
 from __future__ import annotations
@@ -131,6 +136,13 @@ class MLP(nnx.Module):
     def first_layer(self) -> jax.Array:
         """(784, units): column j is unit j's weights, a 28x28 image when reshaped."""
         return self.hidden[0].kernel[...]
+
+    def representations(self, x) -> dict[str, jax.Array]:
+        """Each hidden layer's ReLU output (`hidden_1`, ...) and the logits."""
+        layers, x = {}, pixels(x)
+        for i, layer in enumerate(self.hidden):
+            x = layers[f"hidden_{i + 1}"] = jax.nn.relu(layer(x))
+        return layers | {"logits": self.logits(x)}
 
     def first_layer_activity(self, x) -> jax.Array:
         return jax.nn.relu(self.hidden[0](pixels(x)))

@@ -4,8 +4,10 @@ steps (10, 100, 1000 by default), summarised over seeds.
     python experiments/sweep_convergence.py --workdir=SWEEP [--out=DIR] [--data_path=DIR]
 
 Writes `convergence.csv` / `.md` (per setting and step: mean and std over seeds of
-validation accuracy, log loss and the first layer's L2 distance from its
-initialisation) and `convergence.png` (the swept value on x, log-scaled for learning
+validation accuracy, log loss, the first layer's L2 distance from its
+initialisation, and the sharpness: the top eigenvalue of the training loss's Hessian
+on the member's first 2,500 training rows, as `convergence_diagnostics.py` measures
+it) and `convergence.png` (the swept value on x, log-scaled for learning
 rates; one line per step) into `SWEEP/analysis/` or `--out`. In a notebook:
 `mnist_jax.analysis.convergence.sweep_convergence`.
 """

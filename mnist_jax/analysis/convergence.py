@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_jax import plots
-from mnist_jax.analysis import reports
+from mnist_jax.analysis import diagnostics, reports
 from mnist_jax.analysis import runs as analysis
 from mnist_jax.core import metrics
 from mnist_jax.errors import UserError
@@ -21,8 +21,10 @@ from mnist_jax.sweep import members as sweep_members
 from mnist_jax.sweep import report as sweep_report
 
 SEED = "seed"
-# What the table reports per checkpoint: validation metrics and first-layer movement.
-MEASURES = (*metrics.keys("val"), "l2_from_init")
+# What the table reports per checkpoint: validation metrics, first-layer movement and
+# sharpness (the training loss's top Hessian eigenvalue, `diagnostics.curvature`).
+MEASURES = (*metrics.keys("val"), "l2_from_init", "sharpness")
+SHARPNESS = diagnostics.Settings(top_k=1, trace_queries=0)
 FILES = ("convergence.csv", "convergence.md", "convergence.png")
 
 
@@ -36,7 +38,7 @@ def member_rows(
     if not table.is_file() or not config_path.is_file():
         raise UserError(f"{workdir}: no sweep.csv; is it a finished sweep's folder?")
     saved = writers.read_json(config_path)
-    axes = list(saved_axes(saved.get("sweep") or {}))
+    axes = list(analysis.saved_axes(saved.get("sweep") or {}))
     members = startup.pandas().read_csv(table).to_dict("records")
     rows, shared = [], analysis.Shared()  # data and block checkpoints read once
     for member in members:
@@ -46,6 +48,8 @@ def member_rows(
         kept = [s for s in run.config.checkpoint.steps if s in run.steps]
         params = {step: run.params_at(step) for step in kept or run.steps}
         for row in analysis.unit_table(run, params):
+            top, _ = diagnostics.curvature(run, params[row["step"]], SHARPNESS)
+            row["sharpness"] = float(top[0])
             rows.append(
                 {
                     **{a: member[a] for a in axes},
@@ -54,15 +58,6 @@ def member_rows(
                 }
             )
     return rows, axes
-
-
-def saved_axes(sweep: dict, prefix: str = ""):
-    """The dotted names of a saved sweep group's axes."""
-    for key, value in sweep.items():
-        if isinstance(value, dict):
-            yield from saved_axes(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
 
 
 def sweep_convergence(

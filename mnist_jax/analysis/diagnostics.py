@@ -130,10 +130,8 @@ def _subject(folder, label, steps, data_path, shared) -> Subject:
 
 def sweep_labels(sweep: Path, members: Sequence[int] | None) -> list[tuple[int, str]]:
     """(member index, "axis=value ...") of the chosen members, from sweep.csv."""
-    from mnist_jax.analysis import convergence  # its reader of a sweep's axes
-
     saved = writers.read_json(sweep / workdir_lib.CONFIG_FILE)
-    axes = list(convergence.saved_axes(saved.get("sweep") or {}))
+    axes = list(analysis.saved_axes(saved.get("sweep") or {}))
     rows = startup.pandas().read_csv(sweep / "sweep.csv").to_dict("records")
     by_index = {int(r["member"]): r for r in rows}
     chosen = list(members) if members else sorted(by_index)

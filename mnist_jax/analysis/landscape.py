@@ -101,11 +101,14 @@ def filter_normalized_direction(key: jax.Array, params, filter_axis: FilterAxis)
             continue
         others = tuple(i for i in range(p.ndim) if i != axis % p.ndim)
         d = jax.random.normal(k, p.shape, p.dtype)
-        scale = jnp.linalg.norm(p, axis=others, keepdims=True)
-        directions.append(
-            d * scale / (jnp.linalg.norm(d, axis=others, keepdims=True) + 1e-10)
-        )
+        scale = _norm(p, others)
+        directions.append(d * scale / (_norm(d, others) + 1e-10))
     return jax.tree_util.tree_unflatten(treedef, directions)
+
+
+def _norm(x, axes: tuple[int, ...]):
+    """Euclidean norm over `axes`, kept as size-1 axes (over none: |x|)."""
+    return jnp.sqrt(jnp.sum(x * x, axis=axes, keepdims=True))
 
 
 def grid_coords(num_points: int = 21, extent: float = 1.0) -> np.ndarray:

@@ -58,7 +58,16 @@ class RunView:
         with checkpoints.Checkpointer(
             self.workdir, read_only=True, block_reads=self.block_reads
         ) as checkpointer:
-            return checkpointer.restore_params(step, abstract)
+            try:
+                return checkpointer.restore_params(step, abstract)
+            except UserError:
+                raise
+            except Exception as e:  # Orbax raises many types for a damaged folder
+                first_line = (str(e).strip().splitlines() or [""])[0]
+                raise UserError(
+                    f"{checkpointer.directory / str(step)}: checkpoint cannot be read "
+                    f"({type(e).__name__}: {first_line[:200]})"
+                ) from e
 
     def split(self, name: str) -> tuple[jax.Array, jax.Array]:
         """(images, labels) of 'val' or 'test', as the run saw them."""
@@ -151,6 +160,15 @@ def load_run(
     block_reads = shared.block_reads if shared else None
     view = (workdir, config, host, dataset, program, member, state.params, saved)
     return RunView(*view, block_reads=block_reads)
+
+
+def saved_axes(sweep: dict, prefix: str = ""):
+    """The dotted names of a saved sweep group's axes."""
+    for key, value in sweep.items():
+        if isinstance(value, dict):
+            yield from saved_axes(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
 
 
 def first_layer_kernel(model) -> np.ndarray | None:

@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import mlp
 from mnist_jax import data
-from mnist_jax.analysis import reports
+from mnist_jax.analysis import diagnostics, reports
 from mnist_jax.config import schema as config_schema
 from mnist_jax.core import models
 from mnist_jax.data import readers
@@ -121,6 +121,11 @@ def test_a_registered_model_goes_through_every_report(cnn_run, tmp_path):
     assert [r["model"] for r in comparison.rows] == ["test_cnn", "mlp"]
     assert comparison.rows[0]["test/accuracy"] == results["test/accuracy"]
     assert all((comparison.folder / f).exists() for f in comparison.files)
+
+    found = diagnostics.convergence_diagnostics([workdir], out=tmp_path / "diagnostics")
+    assert [r["step"] for r in found.rows] == [5, 10, 20]
+    assert all(r["hessian_top_1"] > 0 for r in found.rows)
+    assert all((found.folder / f).exists() for f in found.files)
 
 
 EXTENDED_CONFIG = '''"""An optimizer and a metric the package has never seen, registered by the config
@@ -242,7 +247,11 @@ def test_a_model_defined_in_a_config_file_is_found_again_by_every_reader(tmp_pat
     assert restored.returncode == 0 and restored.stdout.strip() == "FileCNN", (
         restored.stderr[-3000:]
     )
-    for script in ("weight_evolution.py", "confusion_matrix.py"):
+    for script in (
+        "weight_evolution.py",
+        "confusion_matrix.py",
+        "convergence_diagnostics.py",
+    ):
         report = processes.run(
             processes.REPO / "experiments" / script,
             f"--workdir={workdir}",

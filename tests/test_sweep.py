@@ -11,7 +11,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from configs import sweep_linear, sweep_mlp
-from mnist_jax.analysis import reports
+from mnist_jax.analysis import diagnostics, reports
 from mnist_jax.analysis import runs as analysis
 from mnist_jax.config import schema as config_schema
 from mnist_jax.errors import ConfigError, UserError
@@ -402,6 +402,49 @@ def test_any_field_is_an_axis_from_the_command_line(tmp_path):
     assert any("diverged: loss" in w for w in results["warnings"])
 
 
+def test_diagnostics_of_sweep_members(smoke_sweep, tmp_path):
+    """Members chosen by index, labelled by their swept values; a path between two
+    seeds of one setting; a member that does not exist is one line."""
+    workdir, rows = smoke_sweep
+    chosen = [r["member"] for r in rows if r["optim.learning_rate"] == 0.1]
+    result = processes.run(
+        REPO / "experiments" / "convergence_diagnostics.py",
+        f"--workdir={workdir}",
+        f"--members={','.join(map(str, chosen))}",
+        "--diagnostics=sharpness,per_class,paths",
+        f"--out={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads((tmp_path / "diagnostics.json").read_text())
+    labels = [r["label"] for r in found["runs"]]
+    assert labels == ["learning_rate=0.1 seed=0", "learning_rate=0.1 seed=1"]
+    assert [r["step"] for r in found["between_runs"]] == [5, 10, 20]
+    table = pd.read_csv(tmp_path / "diagnostics.csv")
+    assert len(table) == 6 and (table["hessian_top_1"] > 0).all()
+    # The same member studied as a run of its own gives the same numbers.
+    alone = diagnostics.convergence_diagnostics(
+        [sweep_members.folder(workdir, chosen[1])],
+        stages=("sharpness",),
+        out=tmp_path / "alone",
+    )
+    member_rows = table[table["run"] == labels[1]].to_dict("records")
+    for mine, theirs in zip(alone.rows, member_rows, strict=True):
+        assert mine["hessian_top_1"] == pytest.approx(theirs["hessian_top_1"], rel=1e-6)
+
+    missing = processes.run(
+        REPO / "experiments" / "convergence_diagnostics.py",
+        f"--workdir={workdir}",
+        "--members=99",
+        f"--out={tmp_path}",
+    )
+    assert missing.returncode != 0
+    assert (
+        missing.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {workdir}: no member 99; members are 0..3")
+    )
+
+
 def test_convergence_across_settings(smoke_sweep, tmp_path):
     workdir, rows = smoke_sweep
     result = processes.run(
@@ -418,5 +461,15 @@ def test_convergence_across_settings(smoke_sweep, tmp_path):
     seeds = [r["val/accuracy"] for r in rows if r["optim.learning_rate"] == 0.1]
     assert final["val/accuracy mean"].item() == pytest.approx(np.mean(seeds))
     assert (table["l2_from_init mean"] > 0).all()
+    # Sharpness: the mean over seeds of each member's, as convergence_diagnostics
+    # measures it.
+    chosen = [r["member"] for r in rows if r["optim.learning_rate"] == 0.1]
+    own = diagnostics.convergence_diagnostics(
+        [workdir], members=chosen, stages=("sharpness",), out=tmp_path / "members"
+    ).rows
+    for step in (5, 10, 20):
+        expected = np.mean([r["hessian_top_1"] for r in own if r["step"] == step])
+        row = table[(table["step"] == step) & (table["optim.learning_rate"] == 0.1)]
+        assert row["sharpness mean"].item() == pytest.approx(expected, rel=1e-5)
     assert (tmp_path / "convergence.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "convergence.md").read_text().startswith("| optim.")

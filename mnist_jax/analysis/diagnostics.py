@@ -129,10 +129,12 @@ def _subject(folder, label, steps, data_path, shared) -> Subject:
 
 
 def sweep_labels(sweep: Path, members: Sequence[int] | None) -> list[tuple[int, str]]:
-    """(member index, "axis=value ...") of the chosen members, from sweep.csv."""
+    """(member index, "axis=value ...") of the chosen members, from sweep.csv: the
+    values of the axes with more than one."""
     saved = writers.read_json(sweep / workdir_lib.CONFIG_FILE)
     axes = list(analysis.saved_axes(saved.get("sweep") or {}))
     rows = startup.pandas().read_csv(sweep / "sweep.csv").to_dict("records")
+    axes = [a for a in axes if len({r[a] for r in rows}) > 1]  # what tells them apart
     by_index = {int(r["member"]): r for r in rows}
     chosen = list(members) if members else sorted(by_index)
     unknown = [m for m in chosen if m not in by_index]

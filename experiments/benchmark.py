@@ -23,15 +23,20 @@ Measures, on the MLP of `configs/mlp.py` (batch 30):
   and peak RSS, and the sweeps' wall time as a multiple of the single run's;
 - what member checkpoints cost: the largest sweep trained in this process with and
   without them (`runner.run_sweep(..., save=False)`), alternating, and their share of
-  its wall time.
+  its wall time;
+- convergence diagnostics (`experiments/convergence_diagnostics.py`, whole processes):
+  every diagnostic of one `configs/mlp.py` run (its kept checkpoints, defaults), and
+  sharpness and per-digit accuracy of `--diagnosed_members` members of a
+  `configs/sweep_mlp.py` sweep; wall time and each stage's seconds.
 
-`--steps=20 --repeats=1 --sweeps=4` checks in a minute that it all runs
+`--steps=20 --repeats=1 --sweeps=4 --diagnosed_members=2` checks in a minute that it all runs
 (`tests/test_benchmark.py`); its numbers mean nothing.
 """
 
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -88,7 +93,18 @@ _SWEEP_1024 = flags.DEFINE_bool(
     "minutes).",
 )
 
+_DIAGNOSED_MEMBERS = flags.DEFINE_integer(
+    "diagnosed_members",
+    45,
+    "Members of a configs/sweep_mlp.py sweep (45 in all) whose sharpness and per-digit "
+    "accuracy are timed.",
+    lower_bound=1,
+    upper_bound=45,
+)
+
 REPO = Path(__file__).resolve().parents[1]
+# convergence_diagnostics.py's progress line as each stage ends
+STAGE_LINE = re.compile(r"^(\w+): .* in ([0-9.]+) s$")
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -252,7 +268,7 @@ def checkpoint_share(config, members: int, pairs: int) -> dict:
     }
 
 
-def process(args: list[str]) -> dict:
+def process(args: list[str], stages: bool = False) -> dict:
     """Wall time and peak RSS of a fresh Python process (JAX import included).
 
     The peak RSS comes from `/usr/bin/time` where there is one: the kernel's count for
@@ -276,7 +292,55 @@ def process(args: list[str]) -> dict:
         if status:
             raise RuntimeError(stderr[-2000:])
         peak_kb = int(rss.read().split()[-1]) if prefix else usage.ru_maxrss
-    return {"wall_seconds": wall, "peak_rss_mb": peak_kb / 1024}
+    timed = {"wall_seconds": wall, "peak_rss_mb": peak_kb / 1024}
+    if stages:  # each stage's seconds, from its progress line
+        lines = (STAGE_LINE.match(line) for line in stderr.splitlines())
+        timed["stage_seconds"] = {m[1]: float(m[2]) for m in lines if m}
+    return timed
+
+
+def diagnostics_walls(num_steps: int, members: int) -> dict:
+    """Whole processes of `experiments/convergence_diagnostics.py`: every diagnostic
+    of one `configs/mlp.py` run, and sharpness and per-digit accuracy of `members`
+    members of a `configs/sweep_mlp.py` sweep (each trained first, not timed)."""
+    script = str(REPO / "experiments" / "convergence_diagnostics.py")
+    data_flag = f"--config.data.path={_DATA_DIR.value}"
+    steps_flag = f"--config.train.num_steps={num_steps}"
+    with tempfile.TemporaryDirectory() as tmp:
+        run, sweep = f"{tmp}/run", f"{tmp}/sweep"
+        process(
+            [
+                "-m",
+                "mnist_jax.main",
+                "--config=configs/mlp.py",
+                f"--workdir={run}",
+                data_flag,
+                steps_flag,
+            ]
+        )
+        process(
+            [
+                "-m",
+                "mnist_jax.sweep",
+                "--config=configs/sweep_mlp.py",
+                f"--workdir={sweep}",
+                data_flag,
+                steps_flag,
+            ]
+        )
+        one_run = process([script, f"--workdir={run}", f"--out={tmp}/a"], stages=True)
+        chosen = ",".join(map(str, range(members)))
+        of_sweep = process(
+            [
+                script,
+                f"--workdir={sweep}",
+                f"--members={chosen}",
+                "--diagnostics=sharpness,per_class",
+                f"--out={tmp}/b",
+            ],
+            stages=True,
+        )
+    return {"mlp_run": one_run, "sweep_mlp_members": members, "sweep_mlp": of_sweep}
 
 
 def sweep_args(workdir, members: int, num_steps: int) -> list[str]:
@@ -396,7 +460,30 @@ def table_rows(report: dict, walls: list, warm: list, repeats: int) -> list[dict
             "measure": f"{largest}-member sweep: share of wall time saving checkpoints",
             "value": saves["share"],
         },
+        *diagnostics_rows(report["diagnostics"]),
     ]
+
+
+def diagnostics_rows(timed: dict) -> list[dict]:
+    members = timed["sweep_mlp_members"]
+    what = {
+        "mlp_run": "diagnostics, one configs/mlp.py run (all, its kept checkpoints)",
+        "sweep_mlp": f"diagnostics, {members} configs/sweep_mlp.py members "
+        "(sharpness, per-digit)",
+    }
+    rows = []
+    for key, label in what.items():
+        stages = timed[key]["stage_seconds"]
+        rows.append(
+            {"measure": f"{label}: process wall s", "value": timed[key]["wall_seconds"]}
+        )
+        rows.append(
+            {
+                "measure": f"{label}: s per stage",
+                "value": ", ".join(f"{k} {v:.1f}" for k, v in stages.items()),
+            }
+        )
+    return rows
 
 
 def process_walls(num_steps: int, sizes: list[int], repeats: int):
@@ -496,6 +583,7 @@ def main(argv) -> None:
     # and without them.
     largest = sizes[-1]
     saves = checkpoint_share(config, largest, pairs=repeats)
+    diagnosed = diagnostics_walls(num_steps, _DIAGNOSED_MEMBERS.value)
 
     report = {
         "machine": {
@@ -530,6 +618,7 @@ def main(argv) -> None:
             },
         },
         f"sweep_{largest}_checkpoints": saves,
+        "diagnostics": diagnosed,
     }
     writers.write_json(out / "benchmark.json", report)
     rows = table_rows(report, walls, warm, repeats)

@@ -23,6 +23,7 @@ def test_a_small_benchmark_writes_every_row(mnist_dir, tmp_path):
         "--steps=20",
         "--repeats=1",
         "--sweeps=4",
+        "--diagnosed_members=2",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -69,4 +70,22 @@ def test_a_small_benchmark_writes_every_row(mnist_dir, tmp_path):
         "4-member sweep / single run",
         "4-member sweep, s with / without member checkpoints",
         "4-member sweep: share of wall time saving checkpoints",
+        "diagnostics, one configs/mlp.py run (all, its kept checkpoints): process wall s",
+        "diagnostics, one configs/mlp.py run (all, its kept checkpoints): s per stage",
+        "diagnostics, 2 configs/sweep_mlp.py members (sharpness, per-digit): process wall s",
+        "diagnostics, 2 configs/sweep_mlp.py members (sharpness, per-digit): s per stage",
     ]
+    diagnosed = report["diagnostics"]
+    assert set(diagnosed["mlp_run"]["stage_seconds"]) == {
+        "read",
+        "per_class",
+        "sharpness",
+        "paths",
+        "slice",
+        "cka",
+    }
+    assert set(diagnosed["sweep_mlp"]["stage_seconds"]) == {
+        "read",
+        "per_class",
+        "sharpness",
+    }

@@ -292,32 +292,46 @@ def _grid(fig: Figure, panels: int, cols: int = 3):
 
 
 def plot_loss_paths(paths: list[dict]) -> Figure:
-    """Training (dashed) and validation (solid) log loss along straight paths, one
-    panel per path, its barrier in the title (`diagnostics_paths.png`)."""
-    cols = min(3, len(paths))
-    rows = math.ceil(len(paths) / cols)
-    fig = new_figure(figsize=(4.6 * cols, 3.6 * rows))
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.9, hspace=0.5)
-    for ax, path in zip(_grid(fig, len(paths)), paths, strict=True):
-        for split, style in (("val", "-"), ("train", "--")):
-            ax.plot(
-                path["alpha"],
-                path[f"{split}/log_loss"],
-                ls=style,
-                marker=".",
-                label="validation" if split == "val" else "training",
-            )
-        ax.set_title(
-            f"{path['from']} -> {path['to']}\nbarrier {path['train_barrier']:.3g} "
-            f"(train), {path['val_barrier']:.3g} (val)",
-            fontsize=8,
-        )
-        ax.set_xlabel("interpolation weight", fontsize=8)
+    """Training (dashed) and validation (solid) log loss along straight paths
+    (`diagnostics_paths.png`): a panel per run through its consecutive checkpoints
+    (segments end to end), and a panel per pair of runs, a line per step."""
+    groups = list(dict.fromkeys(p["group"] for p in paths))
+    cols = min(3, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig = new_figure(figsize=(5 * cols, 3.8 * rows))
+    fig.subplots_adjust(
+        left=0.08, right=0.98, bottom=0.12, top=1 - 0.6 / (3.8 * rows), hspace=0.5
+    )
+    for ax, group in zip(_grid(fig, len(groups)), groups, strict=True):
+        members = [p for p in paths if p["group"] == group]
+        through = members[0]["kind"] == "steps"
+        for n, path in enumerate(members):
+            alpha = np.asarray(path["alpha"]) + (n if through else 0)
+            colour = "C0" if through else f"C{n}"
+            label = path["segment"] if not through else None
+            ax.plot(alpha, path["val/log_loss"], color=colour, label=label)
+            ax.plot(alpha, path["train/log_loss"], color=colour, ls="--")
+        if through:
+            ends = [members[0]["segment"].split("->")[0]]
+            ends += [p["segment"].split("->")[1] for p in members]
+            ax.set_xticks(range(len(ends)), [f"step {e}" for e in ends], fontsize=8)
+            ax.set_title(f"{group}: through its checkpoints", fontsize=9)
+        else:
+            ax.set_xlabel("interpolation weight", fontsize=8)
+            ax.set_title(group, fontsize=9)
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.axes[0].set_ylabel("log loss")
-    fig.axes[0].legend(fontsize=7)
-    fig.suptitle("Loss along straight paths between checkpoints")
+    fig.suptitle("Loss on straight paths (solid: validation, dashed: training)")
     return fig
+
+
+def _shared_levels(surfaces: list[np.ndarray], count: int = 16) -> np.ndarray:
+    """Contour levels every slice shares, log-spaced (a basin's floor and its rim
+    both drawn), so that panels compare."""
+    low = max(min(float(np.min(s)) for s in surfaces), 1e-6)
+    high = max(float(np.max(s)) for s in surfaces)
+    return np.geomspace(low, high, count) if high > low else np.array([low])
 
 
 def plot_loss_slices(slices: list[dict]) -> Figure:
@@ -325,18 +339,21 @@ def plot_loss_slices(slices: list[dict]) -> Figure:
     (`diagnostics_slices.png`)."""
     fig = new_figure(figsize=(4.2 * len(slices), 3.8))
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.85, wspace=0.3)
+    levels = _shared_levels([np.asarray(piece["loss"]) for piece in slices])
     for i, piece in enumerate(slices):
         ax = fig.add_subplot(1, len(slices), i + 1)
         coords, loss = np.asarray(piece["coords"]), np.asarray(piece["loss"])
-        levels = np.quantile(loss, np.linspace(0, 1, 16))
-        contour = ax.contour(coords, coords, loss.T, levels=np.unique(levels))
+        contour = ax.contour(coords, coords, loss.T, levels=levels)
         ax.clabel(contour, fontsize=6, fmt="%.2g")
         ax.plot([0], [0], "kx")
         ax.set_title(piece["title"], fontsize=8)
         ax.set_xlabel("direction 1", fontsize=8)
         ax.set_aspect("equal")
     fig.axes[0].set_ylabel("direction 2", fontsize=8)
-    fig.suptitle("Training loss around each checkpoint (filter-normalised directions)")
+    fig.suptitle(
+        "Training loss around each checkpoint (filter-normalised directions; "
+        "the same levels in every panel)"
+    )
     return fig
 
 

@@ -226,9 +226,9 @@ def test_the_command_on_one_run(seeds, tmp_path):
     found = json.loads((folder / "diagnostics.json").read_text())
     assert found["settings"]["hessian_rows"] == 2500
     assert len(found["runs"][0]["hessian_rows"]) == 750  # all the smoke run has
-    assert [(p["from"], p["to"]) for p in found["paths"]] == [
-        ("seed0@5", "seed0@10"),
-        ("seed0@10", "seed0@20"),
+    assert [(p["group"], p["segment"]) for p in found["paths"]] == [
+        ("seed0", "5->10"),
+        ("seed0", "10->20"),
     ]
     assert all(len(p["alpha"]) == 25 for p in found["paths"])
     assert [s["step"] for s in found["slices"]] == [5, 10, 20]

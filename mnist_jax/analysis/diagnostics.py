@@ -50,7 +50,7 @@ FILES = {
 }
 # What the figures draw at most; the tables and diagnostics.json hold everything.
 FIGURE_RUNS = 8  # runs in the per-digit heatmap
-FIGURE_PATHS = 9  # paths, the first run's first
+FIGURE_PANELS = 6  # panels of paths: the runs' own first, then between runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,13 +362,16 @@ def _between_steps(found, s, a, b) -> dict:
     return row
 
 
-def _path(found, run, a, b, title_from, title_to) -> dict:
+def _path(found, run, a, b, kind: str, group: str, segment: str) -> dict:
+    """The path from params `a` to `b`, scored on `run`'s rows; `kind` ("steps" or
+    "runs"), `group` and `segment` say where the figure draws it."""
     curve = landscape.path_metrics(
         run.program, a, b, run.dataset, run.member, found.settings.path_points
     )
     path = {
-        "from": title_from,
-        "to": title_to,
+        "kind": kind,
+        "group": group,
+        "segment": segment,
         **{k: v.tolist() for k, v in curve.items()},
     }
     for split in ("train", "val"):
@@ -383,26 +386,24 @@ def _paths(subjects, others, found: Diagnostics) -> None:
     for s in subjects:
         for a, b in zip(s.steps[:-1], s.steps[1:], strict=True):
             path = _path(
-                found,
-                s.run,
-                s.params(a),
-                s.params(b),
-                f"{s.label}@{a}",
-                f"{s.label}@{b}",
+                found, s.run, s.params(a), s.params(b), "steps", s.label, f"{a}->{b}"
             )
             _between_steps(found, s, a, b).update(
                 train_barrier=path["train_barrier"], val_barrier=path["val_barrier"]
             )
     first = subjects[0]
     for other in others:
+        group = f"{first.label} -> {other.label}"
         for step in sorted(set(first.steps) & set(other.steps)):
+            # Scored on the first run's rows.
             path = _path(
                 found,
-                first.run,  # scored on the first run's rows
+                first.run,
                 first.params(step),
                 other.params(step),
-                f"{first.label}@{step}",
-                f"{other.label}@{step}",
+                "runs",
+                group,
+                f"step {step}",
             )
             _between_runs(found, first, other, step).update(
                 train_barrier=path["train_barrier"], val_barrier=path["val_barrier"]
@@ -513,7 +514,8 @@ def write(found: Diagnostics, folder: Path) -> reports.Report:
     files = [FILES["table"], FILES["markdown"], FILES["json"]]
     figures = []
     if found.paths:
-        drawn_paths = found.paths[:FIGURE_PATHS]
+        groups = list(dict.fromkeys(p["group"] for p in found.paths))[:FIGURE_PANELS]
+        drawn_paths = [p for p in found.paths if p["group"] in groups]
         figures.append(("paths", lambda: plots.plot_loss_paths(drawn_paths)))
     if found.slices:
         figures.append(("slice", lambda: plots.plot_loss_slices(found.slices)))

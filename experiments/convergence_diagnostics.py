@@ -54,10 +54,10 @@ _HESSIAN_ROWS = flags.DEFINE_integer(
 _TOP_K = flags.DEFINE_integer(
     "top_k", DEFAULTS.top_k, "Hessian eigenvalues.", lower_bound=1, upper_bound=64
 )
-_TRACE_QUERIES = flags.DEFINE_integer(
-    "trace_queries",
-    DEFAULTS.trace_queries,
-    "Hessian-vector products for the trace (Hutch++); 0: no trace.",
+_TRACE_PROBES = flags.DEFINE_integer(
+    "trace_probes",
+    DEFAULTS.trace_probes,
+    "Rademacher probes for the trace, outside the Krylov space; 0: no trace.",
     lower_bound=0,
     upper_bound=3000,
 )
@@ -96,7 +96,7 @@ def main(argv) -> None:
         path_points=_PATH_POINTS.value,
         grid_points=_GRID_POINTS.value,
         top_k=_TOP_K.value,
-        trace_queries=_TRACE_QUERIES.value,
+        trace_probes=_TRACE_PROBES.value,
         hessian_rows=_HESSIAN_ROWS.value,
         pairs=_PAIRS.value,
         seed=_SEED.value,

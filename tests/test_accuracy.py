@@ -171,7 +171,7 @@ def test_the_readme_diagnostics_table(trained):
     seed0, _ = trained("mlp", 0)
     seed1, _ = trained("mlp", 1)
     subjects = diagnostics.load_subjects([seed0, seed1])
-    settings = diagnostics.Settings(trace_queries=0)  # the table shows no trace
+    settings = diagnostics.Settings(trace_probes=0)  # the table shows no trace
     found = diagnostics.diagnose(
         subjects, ("sharpness", "per_class", "paths", "cka"), settings
     )

@@ -64,7 +64,11 @@ def test_lanczos_finds_a_known_spectrum():
     eigenvalues = jnp.concatenate(
         [jnp.array([50.0, 20.0, 7.0]), jnp.linspace(-1, 1, 97)]
     )
-    found = hessian.top_eigenvalues(lambda v: eigenvalues * v, 100, jax.random.key(0))
+    found = hessian.top_eigenvalues(
+        hessian.lanczos(
+            lambda v: eigenvalues * v, jax.random.normal(jax.random.key(0), (100,)), 48
+        )
+    )
     np.testing.assert_allclose(found, [50.0, 20.0, 7.0], rtol=1e-5)
 
 
@@ -335,3 +339,21 @@ def test_runs_that_cannot_be_compared_or_read(seeds, linear_smoke_run, tmp_path)
         diagnostics.convergence_diagnostics([seed0], members=[1], out=tmp_path)
     with pytest.raises(UserError, match="unknown diagnostics"):
         diagnostics.convergence_diagnostics([seed0], stages=("hessian",), out=tmp_path)
+
+
+def test_compiled_once_for_every_checkpoint_and_run(seeds, tmp_path):
+    """Two runs of one model, three checkpoints each: every diagnostic's program is
+    compiled once and reused."""
+    for cached in (hessian.curvature, landscape.path_scorer, landscape.surface_scorer):
+        cached.cache_clear()  # new jitted functions: their compilations counted here
+    settings = diagnostics.Settings(trace_probes=8)
+    subjects = diagnostics.load_subjects(seeds)
+    diagnostics.diagnose(subjects, ("sharpness", "paths", "slice"), settings)
+    program = subjects[0].run.program
+    assert program == subjects[1].run.program  # equal shapes: one cache entry
+    measure = hessian.curvature(
+        program, settings.top_k, settings.lanczos_iterations, settings.trace_probes
+    )
+    assert measure._cache_size() == 1
+    assert landscape.path_scorer(program)._cache_size() == 1
+    assert landscape.surface_scorer(program)._cache_size() == 1

@@ -24,7 +24,7 @@ SEED = "seed"
 # What the table reports per checkpoint: validation metrics, first-layer movement and
 # sharpness (the training loss's top Hessian eigenvalue, `diagnostics.curvature`).
 MEASURES = (*metrics.keys("val"), "l2_from_init", "sharpness")
-SHARPNESS = diagnostics.Settings(top_k=1, trace_queries=0)
+SHARPNESS = diagnostics.Settings(top_k=1, trace_probes=0)
 FILES = ("convergence.csv", "convergence.md", "convergence.png")
 
 

@@ -62,7 +62,7 @@ class Settings:
     grid_extent: float = 1.0  # a slice spans [-extent, extent] along each direction
     top_k: int = hessian.TOP_K
     lanczos_iterations: int = hessian.LANCZOS_ITERATIONS
-    trace_queries: int = hessian.TRACE_QUERIES  # 0: no trace
+    trace_probes: int = hessian.TRACE_PROBES  # 0: no trace
     hessian_rows: int = 2_500  # the first rows of the run's training rows
     pairs: int = 4  # runs compared with the first one, by path, churn and CKA
     seed: int = 0  # the Lanczos start, Hutch++ probes and the slices' directions
@@ -162,7 +162,7 @@ def curvature(
     `params`, on `hessian_rows`."""
     rows = hessian_rows(run, settings.hessian_rows)
     measure = hessian.curvature(
-        run.program, settings.top_k, settings.lanczos_iterations, settings.trace_queries
+        run.program, settings.top_k, settings.lanczos_iterations, settings.trace_probes
     )
     key = jax.random.key(settings.seed)
     top, trace = measure(
@@ -226,73 +226,63 @@ def diagnose(
     if "paths" in stages and others:
         check_comparable([subjects[0], *others])
     found = Diagnostics(settings)
-    say = progress or (lambda line: None)
-    started = time.perf_counter()
-    for s in subjects:
-        for step in s.steps:
-            s.params(step)
-        found.runs.append(
-            {
-                "label": s.label,
-                "workdir": str(s.run.workdir),
-                "steps": s.steps,
-                "data_sha256": s.run.host.content_sha256,
-                "hessian_rows": hessian_rows(s.run, settings.hessian_rows).tolist(),
-            }
-        )
-    checkpoints_read = sum(len(s.steps) for s in subjects)
-    _timed(
-        found,
-        say,
-        "read",
-        started,
-        f"{checkpoints_read} checkpoints of {len(subjects)} run(s)",
-    )
     rows = {
-        (s.label, step): {"run": s.label, "step": step}
-        for s in subjects
-        for step in s.steps
+        (s.label, t): {"run": s.label, "step": t} for s in subjects for t in s.steps
     }
-    predicted = _scores(subjects, rows)
-    if "per_class" in stages:
-        started = time.perf_counter()
-        _per_class(subjects, predicted, rows, found)
-        _timed(found, say, "per_class", started, "accuracy per digit and churn")
-    if "sharpness" in stages:
-        started = time.perf_counter()
+    num_checkpoints = len(rows)
+    predicted = {}
+
+    def read():
+        for s in subjects:
+            found.runs.append(
+                {
+                    "label": s.label,
+                    "workdir": str(s.run.workdir),
+                    "steps": s.steps,
+                    "data_sha256": s.run.host.content_sha256,
+                    "hessian_rows": hessian_rows(s.run, settings.hessian_rows).tolist(),
+                }
+            )
+        predicted.update(_scores(subjects, rows))
+
+    def sharpness():
         for s in subjects:
             for step in s.steps:
                 top, trace = curvature(s.run, s.params(step), settings)
                 for i, value in enumerate(top):
                     rows[s.label, step][f"hessian_top_{i + 1}"] = float(value)
-                if settings.trace_queries:
+                if settings.trace_probes:
                     rows[s.label, step]["hessian_trace"] = trace
-        _timed(
-            found,
-            say,
-            "sharpness",
-            started,
-            f"Hessian of {checkpoints_read} checkpoints",
-        )
-    if "paths" in stages:
-        started = time.perf_counter()
-        _paths(subjects, others, found)
-        _timed(found, say, "paths", started, f"{len(found.paths)} straight paths")
-    if "slice" in stages:
-        started = time.perf_counter()
-        _slices(subjects[0], found)
-        _timed(found, say, "slice", started, f"{len(found.slices)} 2-D slices")
-    if "cka" in stages:
-        started = time.perf_counter()
-        _cka(subjects, others, found)
-        _timed(found, say, "cka", started, "linear CKA")
+
+    work = {
+        "read": (
+            read,
+            lambda: f"{num_checkpoints} checkpoints of {len(subjects)} run(s)",
+        ),
+        "per_class": (
+            lambda: _per_class(subjects, predicted, rows, found),
+            lambda: "accuracy per digit and churn",
+        ),
+        "sharpness": (sharpness, lambda: f"Hessian at {num_checkpoints} checkpoints"),
+        "paths": (
+            lambda: _paths(subjects, others, found),
+            lambda: f"{len(found.paths)} straight paths",
+        ),
+        "slice": (
+            lambda: _slices(subjects[0], found),
+            lambda: f"{len(found.slices)} 2-D slices",
+        ),
+        "cka": (lambda: _cka(subjects, others, found), lambda: "linear CKA"),
+    }
+    for name, (measure, describe) in work.items():
+        if name == "read" or name in stages:
+            started = time.perf_counter()
+            measure()
+            found.seconds[name] = time.perf_counter() - started
+            if progress is not None:
+                progress(f"{name}: {describe()} in {found.seconds[name]:.1f} s")
     found.checkpoints = list(rows.values())
     return found
-
-
-def _timed(found, say, stage, started, what) -> None:
-    found.seconds[stage] = time.perf_counter() - started
-    say(f"{stage}: {what} in {found.seconds[stage]:.1f} s")
 
 
 def _scores(subjects, rows) -> dict:
@@ -330,8 +320,7 @@ def _per_class(subjects, predicted, rows, found: Diagnostics) -> None:
     first = subjects[0]
     for other in subjects[1 : 1 + found.settings.pairs]:
         for step in sorted(set(first.steps) & set(other.steps)):
-            # Each on its own validation rows: two seeds' splits may differ, so churn
-            # between runs is measured on the first run's images.
+            # On the first run's validation images: two seeds may split differently.
             mine = predicted[first.label, step]["predictions"]
             x, _ = first.run.split("val")
             theirs = other.run.classes(other.params(step), x)
@@ -510,7 +499,7 @@ def write(found: Diagnostics, folder: Path) -> reports.Report:
         if rows
     )
     writers.write_text(folder / FILES["markdown"], markdown)
-    writers.write_json(folder / FILES["json"], {**dataclasses.asdict(found)})
+    writers.write_json(folder / FILES["json"], dataclasses.asdict(found))
     files = [FILES["table"], FILES["markdown"], FILES["json"]]
     figures = []
     if found.paths:
@@ -523,10 +512,7 @@ def write(found: Diagnostics, folder: Path) -> reports.Report:
         chosen = _figure_cka(found.cka)
         figures.append(("cka", lambda: plots.plot_similarity(chosen)))
     if found.per_class:
-        shown = {r["run"] for r in found.per_class}
-        shown = sorted(shown, key=[r["run"] for r in found.per_class].index)[
-            :FIGURE_RUNS
-        ]
+        shown = list(dict.fromkeys(r["run"] for r in found.per_class))[:FIGURE_RUNS]
         drawn = [r for r in found.per_class if r["run"] in shown]
         labels = [f"{r['run']} @ {r['step']}" for r in drawn]
         values = np.array([[r[str(d)] for d in range(10)] for r in drawn])

@@ -1,6 +1,6 @@
 """The curvature of the training loss at a checkpoint, from Hessian-vector products
 alone (what PyHessian computes): its top eigenvalues by Lanczos and its trace by
-Hutch++, never forming the Hessian (89k x 89k for the notebook's MLP).
+Hutch++ on Lanczos' basis, never forming the Hessian (89k x 89k for the notebook's MLP).
 
 The loss is the run's own objective (`optim.cross_entropy` with the run's
 `loss_reduction`: summed over the rows, as TF1 does, or averaged), without dropout,
@@ -11,6 +11,7 @@ reused for every checkpoint and member of that shape.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from mnist_jax.platform import startup
 
 TOP_K = 3
 LANCZOS_ITERATIONS = 48
-TRACE_QUERIES = 120  # Hessian-vector products for Hutch++ (a multiple of 3)
+TRACE_PROBES = 48  # Rademacher probes outside the Krylov space, for the trace
 
 
 def training_loss(program: steps.Program):
@@ -49,15 +50,21 @@ def flat_hvp(loss, params, *batch):
     return flat.shape[0], matvec
 
 
-def lanczos(matvec, v0: jax.Array, num_iters: int) -> jax.Array:
-    """The eigenvalues (ascending) of the `num_iters` x `num_iters` tridiagonal matrix
-    Lanczos builds from `v0`, with full reorthogonalisation (so that no spurious copy
-    of a converged eigenvalue appears). Its extreme values converge to the operator's
-    extreme eigenvalues first. A `fori_loop` of static length with no conditional."""
+class Krylov(NamedTuple):
+    """What Lanczos leaves: an orthonormal basis (m, dim) of the Krylov space and the
+    operator restricted to it, tridiagonal (m, m)."""
+
+    basis: jax.Array
+    tridiagonal: jax.Array
+
+
+def lanczos(matvec, v0: jax.Array, num_iters: int) -> Krylov:
+    """`num_iters` Lanczos steps from `v0`, with full reorthogonalisation (so that no
+    spurious copy of a converged eigenvalue appears). The tridiagonal matrix's
+    extreme eigenvalues converge to the operator's first. A `fori_loop` of static
+    length with no conditional."""
     dim = v0.shape[0]
-    basis = (
-        jnp.zeros((num_iters + 1, dim), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    )
+    basis = jnp.zeros((num_iters, dim), v0.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
     def body(i, carry):
         basis, alphas, betas = carry
@@ -72,38 +79,32 @@ def lanczos(matvec, v0: jax.Array, num_iters: int) -> jax.Array:
         q_next = jnp.where(
             beta > 1e-10 * jnp.abs(alpha), w / jnp.maximum(beta, 1e-30), 0
         )
-        return (
-            basis.at[i + 1].set(q_next),
-            alphas.at[i].set(alpha),
-            betas.at[i].set(beta),
+        basis = basis.at[jnp.minimum(i + 1, num_iters - 1)].set(
+            jnp.where(i + 1 < num_iters, q_next, basis[num_iters - 1])
         )
+        return basis, alphas.at[i].set(alpha), betas.at[i].set(beta)
 
     zeros = jnp.zeros(num_iters, v0.dtype)
-    _, alphas, betas = jax.lax.fori_loop(0, num_iters, body, (basis, zeros, zeros))
+    basis, alphas, betas = jax.lax.fori_loop(0, num_iters, body, (basis, zeros, zeros))
     tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
-    return jnp.linalg.eigvalsh(tridiagonal)
+    return Krylov(basis, tridiagonal)
 
 
-def top_eigenvalues(
-    matvec, dim: int, key, k: int = TOP_K, num_iters: int = LANCZOS_ITERATIONS
-):
+def top_eigenvalues(krylov: Krylov, k: int = TOP_K) -> jax.Array:
     """The k largest eigenvalues, largest first."""
-    v0 = jax.random.normal(key, (dim,))
-    return lanczos(matvec, v0, min(num_iters, dim))[::-1][:k]
+    return jnp.linalg.eigvalsh(krylov.tridiagonal)[::-1][:k]
 
 
-def hutchpp_trace(matmat, dim: int, key, num_queries: int = TRACE_QUERIES) -> jax.Array:
-    """Hutch++ (Meyer et al. 2021): the trace exactly on the span the Hessian
-    stretches most (a third of the queries find it), Hutchinson's Rademacher
-    estimate on the rest; far less variance than Hutchinson alone when a few
-    eigenvalues dominate, as they do here. `matmat` maps (dim, m) to H @ it."""
-    m = max(num_queries // 3, 1)
-    sketch_key, probe_key = jax.random.split(key)
-    sketch = jax.random.rademacher(sketch_key, (dim, m), jnp.float32)
-    probes = jax.random.rademacher(probe_key, (dim, m), jnp.float32)
-    q, _ = jnp.linalg.qr(matmat(sketch))
-    rest = probes - q @ (q.T @ probes)
-    return jnp.trace(q.T @ matmat(q)) + jnp.trace(rest.T @ matmat(rest)) / m
+def deflated_trace(matmat, krylov: Krylov, key, num_probes: int = TRACE_PROBES):
+    """The trace: exact on the Krylov space (the trace of its tridiagonal matrix,
+    where the largest eigenvalues live), plus Hutchinson's Rademacher estimate on the
+    rest, which holds only the small ones. Hutch++ (Meyer et al. 2021) with Lanczos'
+    basis for its sketch: the products Lanczos made serve twice. `matmat` maps
+    (dim, p) to H @ it."""
+    basis = krylov.basis
+    probes = jax.random.rademacher(key, (basis.shape[1], num_probes), jnp.float32)
+    rest = probes - basis.T @ (basis @ probes)
+    return jnp.trace(krylov.tridiagonal) + jnp.trace(rest.T @ matmat(rest)) / num_probes
 
 
 @functools.cache
@@ -111,20 +112,23 @@ def curvature(
     program: steps.Program,
     k: int = TOP_K,
     num_iters: int = LANCZOS_ITERATIONS,
-    trace_queries: int = TRACE_QUERIES,
+    trace_probes: int = TRACE_PROBES,
 ):
     """Jitted `(params, key, x, y) -> (top k eigenvalues, trace)` of the training
-    loss's Hessian on rows (x, y); `trace_queries=0` skips the trace (NaN)."""
+    loss's Hessian on rows (x, y); `trace_probes=0` skips the trace (NaN)."""
     loss = training_loss(program)
 
     def measure(params, key, x, y):
         with jax.default_matmul_precision(program.matmul_precision):
             dim, matvec = flat_hvp(loss, params, x, y)
-            eig_key, trace_key = jax.random.split(key)
-            top = top_eigenvalues(matvec, dim, eig_key, k, num_iters)
-            if not trace_queries:
+            start_key, trace_key = jax.random.split(key)
+            krylov = lanczos(
+                matvec, jax.random.normal(start_key, (dim,)), min(num_iters, dim)
+            )
+            top = top_eigenvalues(krylov, k)
+            if not trace_probes:
                 return top, jnp.float32(jnp.nan)
             matmat = jax.vmap(matvec, in_axes=1, out_axes=1)
-            return top, hutchpp_trace(matmat, dim, trace_key, trace_queries)
+            return top, deflated_trace(matmat, krylov, trace_key, trace_probes)
 
     return startup.jit(measure)

@@ -346,7 +346,7 @@ def test_compiled_once_for_every_checkpoint_and_run(seeds, tmp_path):
     compiled once and reused."""
     for cached in (hessian.curvature, landscape.path_scorer, landscape.surface_scorer):
         cached.cache_clear()  # new jitted functions: their compilations counted here
-    settings = diagnostics.Settings(trace_probes=8)
+    settings = diagnostics.Settings(trace_probes=4, grid_points=3, path_points=3)
     subjects = diagnostics.load_subjects(seeds)
     diagnostics.diagnose(subjects, ("sharpness", "paths", "slice"), settings)
     program = subjects[0].run.program

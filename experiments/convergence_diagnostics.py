@@ -54,6 +54,13 @@ _HESSIAN_ROWS = flags.DEFINE_integer(
 _TOP_K = flags.DEFINE_integer(
     "top_k", DEFAULTS.top_k, "Hessian eigenvalues.", lower_bound=1, upper_bound=64
 )
+_LANCZOS_ITERATIONS = flags.DEFINE_integer(
+    "lanczos_iterations",
+    DEFAULTS.lanczos_iterations,
+    "Lanczos steps (Hessian-vector products) for the top eigenvalues.",
+    lower_bound=2,
+    upper_bound=1000,
+)
 _TRACE_PROBES = flags.DEFINE_integer(
     "trace_probes",
     DEFAULTS.trace_probes,
@@ -96,6 +103,7 @@ def main(argv) -> None:
         path_points=_PATH_POINTS.value,
         grid_points=_GRID_POINTS.value,
         top_k=_TOP_K.value,
+        lanczos_iterations=_LANCZOS_ITERATIONS.value,
         trace_probes=_TRACE_PROBES.value,
         hessian_rows=_HESSIAN_ROWS.value,
         pairs=_PAIRS.value,

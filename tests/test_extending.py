@@ -20,6 +20,18 @@ from mnist_jax.run import checkpoints, train, writers
 from mnist_jax.sweep import runner
 from tests import processes
 
+# Every diagnostic, at small sizes: that a model works with them, not their numbers.
+CHEAP_DIAGNOSTICS = diagnostics.Settings(
+    path_points=3, grid_points=3, hessian_rows=100, lanczos_iterations=8, trace_probes=4
+)
+CHEAP_FLAGS = (
+    "--path_points=3",
+    "--grid_points=3",
+    "--hessian_rows=100",
+    "--lanczos_iterations=8",
+    "--trace_probes=4",
+)
+
 
 class CNN(nnx.Module):
     """One 3x3 convolution (stride 2, `channels` maps), ReLU, then a dense head."""
@@ -122,7 +134,9 @@ def test_a_registered_model_goes_through_every_report(cnn_run, tmp_path):
     assert comparison.rows[0]["test/accuracy"] == results["test/accuracy"]
     assert all((comparison.folder / f).exists() for f in comparison.files)
 
-    found = diagnostics.convergence_diagnostics([workdir], out=tmp_path / "diagnostics")
+    found = diagnostics.convergence_diagnostics(
+        [workdir], settings=CHEAP_DIAGNOSTICS, out=tmp_path / "diagnostics"
+    )
     assert [r["step"] for r in found.rows] == [5, 10, 20]
     assert all(r["hessian_top_1"] > 0 for r in found.rows)
     assert all((found.folder / f).exists() for f in found.files)
@@ -256,6 +270,7 @@ def test_a_model_defined_in_a_config_file_is_found_again_by_every_reader(tmp_pat
             processes.REPO / "experiments" / script,
             f"--workdir={workdir}",
             f"--out={tmp_path / script}",
+            *(CHEAP_FLAGS if script == "convergence_diagnostics.py" else ()),
         )
         assert report.returncode == 0, report.stderr[-3000:]
 

@@ -412,6 +412,7 @@ def test_diagnostics_of_sweep_members(smoke_sweep, tmp_path):
         f"--workdir={workdir}",
         f"--members={','.join(map(str, chosen))}",
         "--diagnostics=sharpness,per_class,paths",
+        "--trace_probes=0",
         f"--out={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -425,6 +426,7 @@ def test_diagnostics_of_sweep_members(smoke_sweep, tmp_path):
     alone = diagnostics.convergence_diagnostics(
         [sweep_members.folder(workdir, chosen[1])],
         stages=("sharpness",),
+        settings=diagnostics.Settings(trace_probes=0),
         out=tmp_path / "alone",
     )
     member_rows = table[table["run"] == labels[1]].to_dict("records")
@@ -465,7 +467,11 @@ def test_convergence_across_settings(smoke_sweep, tmp_path):
     # measures it.
     chosen = [r["member"] for r in rows if r["optim.learning_rate"] == 0.1]
     own = diagnostics.convergence_diagnostics(
-        [workdir], members=chosen, stages=("sharpness",), out=tmp_path / "members"
+        [workdir],
+        members=chosen,
+        stages=("sharpness",),
+        settings=diagnostics.Settings(trace_probes=0),
+        out=tmp_path / "members",
     ).rows
     for step in (5, 10, 20):
         expected = np.mean([r["hessian_top_1"] for r in own if r["step"] == step])

@@ -25,17 +25,17 @@ SCRIPT = processes.REPO / "experiments" / "convergence_diagnostics.py"
 
 
 def _small_program(reduction: str):
-    """An MLP of 3,190 parameters, small enough for a dense Hessian."""
-    model = models.MLP((4,), 0.0, rngs=nnx.Rngs(0))
+    """An MLP of 2,395 parameters, small enough for a dense Hessian."""
+    model = models.MLP((3,), 0.0, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
     return steps.Program(graphdef, 30, reduction), params
 
 
 @pytest.fixture(scope="module")
 def rows(mlp_smoke_run):
-    """200 real training images and labels (the smoke run's data)."""
+    """150 real training images and labels (the smoke run's data)."""
     run = analysis.load_run(mlp_smoke_run.workdir)
-    idx = np.asarray(run.member.train_idx[:200])
+    idx = np.asarray(run.member.train_idx[:150])
     return run.dataset.pool_x[idx], run.dataset.pool_y[idx]
 
 
